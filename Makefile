@@ -1,0 +1,33 @@
+# Two commands set everything up on a fresh machine with Python 3 and make:
+#   make run ARGS="copy SRC DST"   creates .venv with mirror on first use, then runs it
+#   make test                      installs the test dependencies too, then runs the suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e . >&2
+	@touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]' >&2
+	@touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]' >&2
+	@touch $@
+
+run: $(VENV)/.installed
+	@$(VENV)/bin/mirror $(ARGS)
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-installed
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

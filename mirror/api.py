@@ -1,0 +1,51 @@
+"""The library API: copy_tree, sync_tree and check_tree work without the command line."""
+from __future__ import annotations
+
+import os
+
+from .model import Mode
+from .options import Options
+from .report import Report
+from .roots import check_roots, make_dst
+from .run.engine import DryRunEngine, PoolEngine
+from .run.lock import lock_dst, unlock
+from .run.runner import OnEvent, Runner, check
+
+
+def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
+              on_event: OnEvent | None) -> Report:
+    src_root, dst_root = check_roots(src, dst, mode)
+    if options.dry_run:
+        lock_fd = lock_dst(dst_root) if os.path.isdir(dst_root) else -1
+        engine = DryRunEngine()
+    else:
+        created = make_dst(dst_root)
+        lock_fd = lock_dst(dst_root)
+    try:
+        if not options.dry_run:
+            engine = PoolEngine(src_root, dst_root, mode, options, lock_fd)
+        report = Runner(src_root, dst_root, mode, options, engine, on_event).run()
+        if not options.dry_run and created:
+            report.dirs_created += 1
+        return report
+    finally:
+        if lock_fd >= 0:
+            unlock(lock_fd)
+
+
+def copy_tree(src: str | bytes, dst: str | bytes, options: Options | None = None,
+              on_event: OnEvent | None = None) -> Report:
+    """Copy new and changed entries of SRC's contents into DST; never delete anything."""
+    return _transfer(src, dst, Mode.COPY, options or Options(), on_event)
+
+
+def sync_tree(src: str | bytes, dst: str | bytes, options: Options | None = None,
+              on_event: OnEvent | None = None) -> Report:
+    """Make DST identical to SRC: copy, then delete what SRC does not have."""
+    return _transfer(src, dst, Mode.SYNC, options or Options(), on_event)
+
+
+def check_tree(src: str | bytes, dst: str | bytes, options: Options | None = None) -> Report:
+    """Compare SRC and DST; report.differences lists what sync would change."""
+    src_root, dst_root = check_roots(src, dst, Mode.CHECK)
+    return check(src_root, dst_root, options or Options())

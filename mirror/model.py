@@ -1,0 +1,161 @@
+"""The vocabulary every layer shares: entries, kinds, actions, reasons and outcomes."""
+from __future__ import annotations
+
+import enum
+import errno
+import stat
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    FIFO = "fifo"
+    DEVICE = "device"
+    SOCKET = "socket"
+
+
+KIND_OF_FORMAT = {
+    stat.S_IFREG: Kind.FILE,
+    stat.S_IFDIR: Kind.DIR,
+    stat.S_IFLNK: Kind.SYMLINK,
+    stat.S_IFIFO: Kind.FIFO,
+    stat.S_IFCHR: Kind.DEVICE,
+    stat.S_IFBLK: Kind.DEVICE,
+    stat.S_IFSOCK: Kind.SOCKET,
+}
+
+
+class Mode(enum.Enum):
+    """What a run is for: copy never deletes, sync deletes extras, check only compares."""
+
+    COPY = "copy"
+    SYNC = "sync"
+    CHECK = "check"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One directory entry as lstat saw it; `path` is relative to its tree's root."""
+
+    path: bytes
+    kind: Kind
+    mode: int
+    size: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    ino: int
+    dev: int
+    nlink: int
+    rdev: int = 0
+    target: bytes | None = None  # symlinks only
+
+    @property
+    def perms(self) -> int:
+        return stat.S_IMODE(self.mode)
+
+
+class Op(enum.Enum):
+    """What an action does to DST."""
+
+    MKDIR = "mkdir"          # create a folder (its metadata is set after its contents)
+    COPY = "copy"            # write a file's bytes and metadata
+    SYMLINK = "symlink"      # create or replace a symbolic link
+    SPECIAL = "special"      # create a FIFO or a device node
+    HARDLINK = "hardlink"    # link to a file copied earlier in this run
+    SET_META = "set-meta"    # content equal: fix permissions, owner or mtime only
+    DIR_META = "dir-meta"    # set a folder's permissions, owner and mtime (after its contents)
+    DELETE = "delete"        # remove an entry SRC does not have (sync only)
+    CLEANUP = "cleanup"      # remove a temporary file a killed run left behind
+    SKIP = "skip"            # nothing to do
+
+
+class Reason(enum.Enum):
+    """Why an action is needed; shown by --dry-run -v and check."""
+
+    MISSING = "missing"
+    TYPE_CHANGED = "type changed"
+    SIZE = "size differs"
+    MTIME = "mtime differs"
+    CHECKSUM = "checksum differs"
+    PERMS = "permissions differ"
+    OWNER = "owner differs"
+    TARGET = "link target differs"
+    DEVICE = "device number differs"
+    LINKED = "hard link"
+    EXTRA = "not in source"
+    STALE_TEMP = "temporary file of an interrupted run"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One decision of the planner: do `op` at `path` (relative) because of `reason`."""
+
+    op: Op
+    path: bytes
+    reason: Reason
+    src: Entry | None = None       # what SRC has (None for deletions)
+    dst: Entry | None = None       # what DST had when planned
+    link_to: bytes | None = None   # HARDLINK: the path of the first copy
+
+    @property
+    def size(self) -> int:
+        return self.src.size if self.op is Op.COPY and self.src else 0
+
+
+class Status(enum.Enum):
+    DONE = "done"
+    FAILED = "failed"
+    VANISHED = "vanished"   # the source entry disappeared before it could be copied
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one action; a failure keeps the OSError with its errno and paths."""
+
+    action: Action
+    status: Status
+    nbytes: int = 0
+    error: OSError | None = None
+    deleted: int = 0   # entries removed to make room (a type change under sync)
+
+    @classmethod
+    def done(cls, action: Action, nbytes: int = 0, deleted: int = 0) -> Outcome:
+        return cls(action, Status.DONE, nbytes, None, deleted)
+
+    @classmethod
+    def failed(cls, action: Action, error: OSError) -> Outcome:
+        if error.errno == errno.ENOENT and action.op is Op.COPY and is_source_error(error):
+            return cls(action, Status.VANISHED, 0, error)
+        return cls(action, Status.FAILED, 0, error)
+
+
+class SourceError(OSError):
+    """An OSError raised while reading SRC (so a vanished source is told apart from DST errors)."""
+
+
+def is_source_error(error: OSError) -> bool:
+    return isinstance(error, SourceError)
+
+
+def display(path: bytes) -> str:
+    """A relative path for people: undecodable bytes are escaped, never lost."""
+    return path.decode("utf-8", "backslashreplace") if path else "."
+
+
+class Severity(enum.Enum):
+    WARNING = "warning"   # reported, does not change the exit code (a skipped socket)
+    ERROR = "error"       # the run is partial (exit 1); sync deletes nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something the planner could not decide: an unreadable folder, a socket, a bad name."""
+
+    path: bytes
+    severity: Severity
+    message: str
+    error: OSError | None = None

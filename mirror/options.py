@@ -1,0 +1,38 @@
+"""Options: every setting of a run in one frozen dataclass, validated once."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import MirrorError
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    jobs: int = 0                       # 0: one per CPU
+    dry_run: bool = False
+    checksum: bool = False              # compare content (xxh3-128) instead of size + mtime
+    excludes: tuple[str, ...] = ()      # gitignore patterns, relative to SRC
+    includes: tuple[str, ...] = ()      # re-include what an exclude matched
+    hard_links: bool = False
+    max_delete: int | None = None       # sync: delete nothing when the plan deletes more
+    retries: int = 2                    # copies of a file that changed while it was read
+    owner: bool | None = None           # keep owner and group; None: when running as root
+
+    def __post_init__(self) -> None:
+        if self.jobs == 0:
+            object.__setattr__(self, "jobs", default_jobs())
+        if self.jobs < 1:
+            raise MirrorError(f"--jobs must be at least 1, not {self.jobs}")
+        if self.max_delete is not None and self.max_delete < 0:
+            raise MirrorError(f"--max-delete must be 0 or more, not {self.max_delete}")
+        if self.retries < 0:
+            raise MirrorError(f"--retries must be 0 or more, not {self.retries}")
+        if self.owner is None:
+            object.__setattr__(self, "owner", os.geteuid() == 0)
+        object.__setattr__(self, "excludes", tuple(self.excludes))
+        object.__setattr__(self, "includes", tuple(self.includes))

@@ -1,0 +1,145 @@
+"""Walk SRC and DST in lock step, one folder at a time, and yield the actions a run needs."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity
+from ..options import Options
+from ..paths import is_temp_name
+from .checksum import file_digest
+from .compare import decide, meta_differs
+from .filters import Filter
+from .scan import scan_folder, stat_root, walk_post_order
+
+Planned = Action | Problem
+# Ops that create, replace or remove a name, and so change the mtime of the folder holding it.
+NAME_CHANGING = frozenset({Op.MKDIR, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.HARDLINK, Op.DELETE, Op.CLEANUP})
+
+
+class Planner:
+    """Plans a run as a stream: folders are listed and decided one at a time, never the tree.
+
+    Each folder's listing on both sides is complete before any of its entries is decided, so
+    deletions are decided from whole listings. A folder's DIR_META action comes with its own
+    listing; the runner applies those last, deepest first, after everything inside is written.
+    """
+
+    def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options) -> None:
+        self.src_root = src_root
+        self.dst_root = dst_root
+        self.mode = mode
+        self.options = options
+        self.filter = Filter(options.excludes, options.includes)
+        self.same_content = self._same_content if options.checksum else None
+        # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
+        self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
+
+    def plan(self) -> Iterator[Planned]:
+        src_top = stat_root(self.src_root)
+        try:
+            dst_top: Entry | None = stat_root(self.dst_root)
+        except FileNotFoundError:
+            dst_top = None  # a dry run into a DST that does not exist yet
+        stack: list[tuple[Entry, Entry | None]] = [(src_top, dst_top)]
+        while stack:
+            src_dir, dst_dir = stack.pop()
+            yield from self.march_folder(src_dir, dst_dir, stack)
+
+    def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
+                     stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
+        rel = src_dir.path
+        try:
+            src_entries = scan_folder(self.src_root, rel)
+            dst_entries = scan_folder(self.dst_root, rel) if dst_dir is not None else {}
+        except OSError as error:
+            yield Problem(rel, Severity.ERROR, "cannot read folder", error)
+            return
+        changed = False
+        subfolders = []
+        for name in sorted(src_entries):
+            src = src_entries[name]
+            dst = dst_entries.pop(name, None)
+            for planned in self.decide_entry(name, src, dst):
+                yield planned
+                if isinstance(planned, Action) and planned.op in NAME_CHANGING:
+                    changed = True
+            if src.kind is Kind.DIR and not self.filter.excludes(src.path, True) and not is_temp_name(name):
+                subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
+        for name in sorted(dst_entries):
+            for planned in self.plan_extra(name, dst_entries[name]):
+                yield planned
+                changed = True
+        stack.extend(reversed(subfolders))
+        yield from self.plan_dir_meta(src_dir, dst_dir, changed)
+
+    def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Iterator[Planned]:
+        if is_temp_name(name):
+            yield Problem(src.path, Severity.WARNING, "skipped: mirror uses this name for temporary files")
+            return
+        if self.filter and self.filter.excludes(src.path, src.kind is Kind.DIR):
+            return
+        if src.kind is Kind.SOCKET:
+            yield Problem(src.path, Severity.WARNING, "skipped: sockets cannot be copied")
+            return
+        if src.kind is Kind.DEVICE and os.geteuid() != 0:
+            yield Problem(src.path, Severity.WARNING, "skipped: device files need root")
+            return
+        try:
+            if self.options.hard_links and src.kind is Kind.FILE and src.nlink > 1:
+                yield self.decide_linked(src, dst)
+                return
+            op, reason = decide(src, dst, self.options.owner, self.same_content)
+        except OSError as error:
+            yield Problem(src.path, Severity.ERROR, "cannot compare", error)
+            return
+        if src.kind is Kind.DIR and op is not Op.MKDIR:
+            return  # the folder's own listing decides its metadata
+        yield Action(op, src.path, reason, src, dst)
+
+    def decide_linked(self, src: Entry, dst: Entry | None) -> Action:
+        """-H: the first path of a multiply-linked file is copied, the others linked to it."""
+        key = (src.dev, src.ino)
+        first = self.links.get(key)
+        if first is None:
+            op, reason = decide(src, dst, self.options.owner, self.same_content)
+            self.links[key] = (src.path, None if op is Op.COPY else dst)
+            return Action(op, src.path, reason, src, dst)
+        first_path, first_dst = first
+        if (first_dst is not None and dst is not None and dst.kind is Kind.FILE
+                and (dst.dev, dst.ino) == (first_dst.dev, first_dst.ino)):
+            return Action(Op.SKIP, src.path, Reason.UNCHANGED, src, dst)
+        reason = Reason.MISSING if dst is None else Reason.LINKED
+        return Action(Op.HARDLINK, src.path, reason, src, dst, link_to=first_path)
+
+    def plan_extra(self, name: bytes, dst: Entry) -> Iterator[Planned]:
+        """An entry only DST has: a leftover temporary file, a protected one, or a deletion."""
+        if is_temp_name(name):
+            if self.mode is not Mode.CHECK:
+                yield Action(Op.CLEANUP, dst.path, Reason.STALE_TEMP, None, dst)
+            return
+        if self.mode is Mode.COPY or self.filter.excludes(dst.path, dst.kind is Kind.DIR):
+            return
+        try:
+            for entry in walk_post_order(self.dst_root, dst):
+                yield Action(Op.DELETE, entry.path, Reason.EXTRA, None, entry)
+        except OSError as error:
+            yield Problem(dst.path, Severity.ERROR, "cannot list folder to delete it", error)
+
+    def plan_dir_meta(self, src_dir: Entry, dst_dir: Entry | None, changed: bool) -> Iterator[Planned]:
+        if dst_dir is None:
+            reason: Reason | None = Reason.MISSING
+        else:
+            reason = meta_differs(src_dir, dst_dir, self.options.owner)
+            if reason is None and changed and self.mode is not Mode.CHECK:
+                reason = Reason.MTIME  # writing inside the folder will change its mtime
+        if reason is not None and not (self.mode is Mode.CHECK and dst_dir is None):
+            yield Action(Op.DIR_META, src_dir.path, reason, src_dir, dst_dir)
+
+    def _same_content(self, src: Entry, dst: Entry) -> bool:
+        return file_digest(self.src_root, src.path) == file_digest(self.dst_root, dst.path)
+
+
+def plan(src_root: bytes, dst_root: bytes, mode: Mode, options: Options) -> Iterator[Planned]:
+    """The actions that make DST match SRC for `mode`, as a stream."""
+    return Planner(src_root, dst_root, mode, options).plan()

@@ -1,0 +1,59 @@
+"""Check SRC and DST before a run writes anything: every refusal here is a usage error (exit 2)."""
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import MirrorError
+from .model import Mode
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def _inside(inner: bytes, outer: bytes) -> bool:
+    return inner.startswith(outer.rstrip(b"/") + b"/")
+
+
+def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, bytes]:
+    """Absolute SRC and DST as bytes, or MirrorError saying why the pair is refused."""
+    src_root = os.path.abspath(os.fsencode(src))
+    dst_root = os.path.abspath(os.fsencode(dst))
+    try:
+        st = os.stat(src_root)
+    except OSError as error:
+        raise MirrorError(f"source {_show(src_root)}: {error.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MirrorError(f"source {_show(src_root)} is not a folder")
+    if not os.access(src_root, os.R_OK | os.X_OK):
+        raise MirrorError(f"source {_show(src_root)}: permission denied")
+    try:
+        dst_st = os.stat(dst_root)
+    except FileNotFoundError:
+        dst_st = None
+    except OSError as error:
+        raise MirrorError(f"destination {_show(dst_root)}: {error.strerror}") from None
+    if dst_st is not None and not stat.S_ISDIR(dst_st.st_mode):
+        raise MirrorError(f"destination {_show(dst_root)} exists and is not a folder")
+    real_src, real_dst = os.path.realpath(src_root), os.path.realpath(dst_root)
+    if real_src == real_dst:
+        raise MirrorError("source and destination are the same folder")
+    if mode is not Mode.CHECK and _inside(real_dst, real_src):
+        raise MirrorError("destination is inside the source: it would copy itself")
+    if mode is Mode.SYNC and _inside(real_src, real_dst):
+        raise MirrorError("source is inside the destination: sync would delete it")
+    return src_root, dst_root
+
+
+def make_dst(dst_root: bytes) -> bool:
+    """Create DST (and its parents) if missing; True if it was created."""
+    if os.path.isdir(dst_root):
+        if not os.access(dst_root, os.W_OK | os.X_OK):
+            raise MirrorError(f"destination {_show(dst_root)} is not writable")
+        return False
+    try:
+        os.makedirs(dst_root)
+    except OSError as error:
+        raise MirrorError(f"cannot create destination {_show(dst_root)}: {error.strerror}") from None
+    return True

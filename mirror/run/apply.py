@@ -1,0 +1,176 @@
+"""Carry out one action on DST; the only place where a failed entry becomes a record."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+from ..model import Action, Entry, Kind, Mode, Op, Outcome, SourceError
+from ..options import Options
+from ..paths import DirCache, join, split, temp_name
+from ..plan.compare import wanted_perms
+from ..plan.scan import entry_from_stat, walk_post_order
+from .copyfile import OnBytes, copy_file, discard
+
+
+class Applier:
+    """Applies actions with folders opened relative to the roots, never through DST's links."""
+
+    def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
+                 on_bytes: OnBytes = lambda nbytes: None) -> None:
+        self.src_root, self.dst_root = src_root, dst_root
+        self.src = DirCache(src_root)
+        self.dst = DirCache(dst_root)
+        self.options = options
+        self.owner = bool(options.owner)
+        self.replace_folders = mode is Mode.SYNC
+        self.on_bytes = on_bytes
+        self.deleted = 0
+        self.handlers: dict[Op, Callable[[Action], int]] = {
+            Op.COPY: self.copy, Op.MKDIR: self.mkdir, Op.SYMLINK: self.symlink,
+            Op.SPECIAL: self.special, Op.HARDLINK: self.hardlink, Op.SET_META: self.set_meta,
+            Op.DIR_META: self.dir_meta, Op.DELETE: self.delete, Op.CLEANUP: self.cleanup,
+        }
+
+    def apply(self, action: Action) -> Outcome:
+        self.deleted = 0
+        try:
+            nbytes = self.handlers[action.op](action)
+        except OSError as error:  # the worker boundary: one entry failed, the run goes on
+            root = self.src_root if isinstance(error, SourceError) else self.dst_root
+            error.filename = join(root, action.path)
+            return Outcome.failed(action, error)
+        return Outcome.done(action, nbytes, self.deleted)
+
+    def close(self) -> None:
+        self.src.close()
+        self.dst.close()
+
+    def copy(self, action: Action) -> int:
+        parent, name = split(action.path)
+        try:
+            src_fd = self.src.get(parent)
+        except OSError as error:
+            raise SourceError(error.errno, error.strerror) from None
+        dst_fd = self.dst.get(parent)
+        return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.options.retries,
+                         self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action))
+
+    def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
+        """Rename a finished temporary entry over `name`, clearing a folder in the way."""
+        try:
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except (IsADirectoryError, FileExistsError):
+            self.clear_folder(dir_fd, name, action.path)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def clear_folder(self, dir_fd: int, name: bytes, path: bytes) -> None:
+        if not self.replace_folders:
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+            except OSError as error:
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise OSError(errno.ENOTEMPTY, "a non-empty folder is in the way "
+                                  "(sync replaces it, copy does not)") from None
+                raise
+            return
+        top = entry_from_stat(path, os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+        self.deleted += remove_tree(self.dst_root, top)
+
+    def create(self, action: Action, make: Callable[[bytes, int], None]) -> int:
+        """Make an entry under a temporary name, set its metadata, rename it into place."""
+        parent, name = split(action.path)
+        dir_fd = self.dst.get(parent)
+        tmp = temp_name()
+        make(tmp, dir_fd)
+        try:
+            if action.op is not Op.HARDLINK:
+                self.set_meta_by_name(dir_fd, tmp, action.src)
+            self.place(dir_fd, tmp, name, action)
+        except BaseException:
+            discard(tmp, dir_fd)
+            raise
+        return 0
+
+    def set_meta_by_name(self, dir_fd: int, name: bytes, src: Entry) -> None:
+        if self.owner:
+            os.chown(name, src.uid, src.gid, dir_fd=dir_fd, follow_symlinks=False)
+        if src.kind is not Kind.SYMLINK:  # Linux has no permissions on links
+            os.chmod(name, wanted_perms(src.mode, self.owner), dir_fd=dir_fd)
+        os.utime(name, ns=(src.mtime_ns, src.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def symlink(self, action: Action) -> int:
+        return self.create(action, lambda tmp, fd: os.symlink(action.src.target, tmp, dir_fd=fd))
+
+    def special(self, action: Action) -> int:
+        src = action.src
+        if src.kind is Kind.FIFO:
+            return self.create(action, lambda tmp, fd: os.mkfifo(tmp, 0o600, dir_fd=fd))
+        kind = stat.S_IFMT(src.mode)
+        return self.create(action, lambda tmp, fd: os.mknod(tmp, kind | 0o600, src.rdev, dir_fd=fd))
+
+    def hardlink(self, action: Action) -> int:
+        first_parent, first_name = split(action.link_to)
+        links = DirCache(self.dst_root)
+        try:
+            first_fd = links.get(first_parent)
+            return self.create(action, lambda tmp, fd: os.link(
+                first_name, tmp, src_dir_fd=first_fd, dst_dir_fd=fd, follow_symlinks=False))
+        finally:
+            links.close()
+
+    def mkdir(self, action: Action) -> int:
+        parent, name = split(action.path)
+        dir_fd = self.dst.get(parent)
+        if action.dst is not None:  # a type change: a file or link stands where a folder goes
+            os.unlink(name, dir_fd=dir_fd)
+        # Created private and writable; its own permissions come after its contents.
+        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        return 0
+
+    def set_meta(self, action: Action) -> int:
+        parent, name = split(action.path)
+        self.set_meta_by_name(self.dst.get(parent), name, action.src)
+        return 0
+
+    def dir_meta(self, action: Action) -> int:
+        src = action.src
+        dir_fd = self.dst.get(action.path)
+        if self.owner:
+            os.fchown(dir_fd, src.uid, src.gid)
+        os.fchmod(dir_fd, wanted_perms(src.mode, self.owner))
+        os.utime(dir_fd, ns=(src.mtime_ns, src.mtime_ns))
+        return 0
+
+    def delete(self, action: Action) -> int:
+        parent, name = split(action.path)
+        remove_entry(self.dst.get(parent), name, action.dst.kind)
+        self.deleted = 1
+        return 0
+
+    def cleanup(self, action: Action) -> int:
+        parent, name = split(action.path)
+        discard(name, self.dst.get(parent))
+        return 0
+
+
+def remove_entry(dir_fd: int, name: bytes, kind: Kind) -> None:
+    if kind is Kind.DIR:
+        os.rmdir(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def remove_tree(root: bytes, top: Entry) -> int:
+    """Remove `top` and everything below it, deepest first, without following links."""
+    folders = DirCache(root)
+    count = 0
+    try:
+        for entry in walk_post_order(root, top):
+            parent, name = split(entry.path)
+            remove_entry(folders.get(parent), name, entry.kind)
+            count += 1
+    finally:
+        folders.close()
+    return count

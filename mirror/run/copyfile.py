@@ -1,0 +1,129 @@
+"""Copy one regular file: open, copy bytes, set metadata on the descriptor, rename into place."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+from ..model import SourceError
+from ..paths import temp_name
+from ..plan.compare import wanted_perms
+
+CHUNK = 8 << 20
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# copy_file_range refuses some pairs of filesystems or file kinds; a plain loop always works.
+NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+OnBytes = Callable[[int], None]
+
+
+class SourceChanged(SourceError):
+    """SRC's file kept changing while it was copied, through every retry."""
+
+
+def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_result]:
+    """Open a source file without following links or blocking on a FIFO; it must be regular."""
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    except OSError as error:
+        raise SourceError(error.errno, error.strerror, path) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise SourceError(errno.EINVAL, "no longer a regular file", path)
+    return fd, st
+
+
+def copy_bytes(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+    """Copy up to `size` bytes (fewer if the file shrank); the caller checks for changes."""
+    copied = 0
+    use_copy_range = True
+    while copied < size:
+        count = min(CHUNK, size - copied)
+        if use_copy_range:
+            try:
+                done = os.copy_file_range(src_fd, dst_fd, count)
+            except OSError as error:
+                if error.errno not in NO_COPY_RANGE or copied:
+                    raise
+                use_copy_range = False
+                continue
+        else:
+            data = os.read(src_fd, count)
+            done = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst_fd, view):]
+        if done == 0:
+            break
+        copied += done
+        on_bytes(done)
+    return copied
+
+
+def set_meta(fd: int, st: os.stat_result, owner: bool) -> None:
+    """Owner first (chown clears setuid), then permissions, then times, all on the descriptor."""
+    if owner:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, wanted_perms(st.st_mode, owner))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def unchanged(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+        after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+
+
+def write_temp(src_fd: int, st: os.stat_result, dst_dir_fd: int, tmp: bytes,
+               owner: bool, on_bytes: OnBytes) -> bool:
+    """Write SRC's bytes and metadata to `tmp`; False (and no tmp left) if SRC changed meanwhile."""
+    out = os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dst_dir_fd)
+    try:
+        copy_bytes(src_fd, out, st.st_size, on_bytes)
+        if not unchanged(st, os.fstat(src_fd)):
+            os.close(out)
+            out = -1
+            os.unlink(tmp, dir_fd=dst_dir_fd)
+            return False
+        set_meta(out, st, owner)
+    except BaseException:
+        if out >= 0:
+            os.close(out)
+        discard(tmp, dst_dir_fd)
+        raise
+    os.close(out)
+    return True
+
+
+def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner: bool,
+              retries: int, on_bytes: OnBytes, place: Callable[[bytes], None]) -> int:
+    """Copy SRC's `name` into a temporary file, then `place(tmp)` renames it over DST's name.
+
+    A file that changes while it is read is copied again, up to `retries` more times; the
+    temporary file is removed on every failure, so DST's old version stays whole.
+    """
+    for _ in range(retries + 1):
+        src_fd, st = open_source(src_dir_fd, name, path)
+        try:
+            tmp = temp_name()
+            if not write_temp(src_fd, st, dst_dir_fd, tmp, owner, on_bytes):
+                continue
+        finally:
+            os.close(src_fd)
+        try:
+            place(tmp)
+        except BaseException:
+            discard(tmp, dst_dir_fd)
+            raise
+        return st.st_size
+    raise SourceChanged(errno.EAGAIN, f"changed while it was copied ({retries + 1} tries)", path)
+
+
+def discard(tmp: bytes, dir_fd: int) -> None:
+    try:
+        os.unlink(tmp, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+

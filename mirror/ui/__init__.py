@@ -1,0 +1,1 @@
+"""Presentation: the command line, the progress bar, the summary and the log file."""

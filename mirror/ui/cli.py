@@ -1,0 +1,125 @@
+"""The command line: arguments -> Options -> the library; the one place errors become exit codes."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import Interrupted, MirrorError
+from ..model import Mode
+from ..options import Options
+
+EXIT_CODES = """Exit codes: 0 success (check: identical); 1 partial: some entries failed, --max-delete
+stopped deletions, or (check) the trees differ; 2 usage error or bad input, nothing changed;
+3 another mirror run holds the lock on DST; 130 interrupted (SIGINT); 143 terminated (SIGTERM)."""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Copy, sync and check directory trees in parallel.\n\n" + EXIT_CODES)
+
+Src = Annotated[str, typer.Argument(metavar="SRC", help="Source folder; its contents are copied.", show_default=False)]
+Dst = Annotated[str, typer.Argument(metavar="DST", help="Destination folder; created when missing.", show_default=False)]
+Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes [default: CPUs].")]
+DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would be done; change nothing.")]
+Checksum = Annotated[bool, typer.Option("--checksum", "-c", help="Compare content (xxh3-128), not size+mtime.")]
+Exclude = Annotated[Optional[list[str]], typer.Option(
+    "--exclude", help="Skip paths matching this gitignore pattern (relative to SRC). Repeatable.")]
+Include = Annotated[Optional[list[str]], typer.Option(
+    "--include", help="Take back paths an --exclude matched (like !pattern). Repeatable.")]
+ExcludeFrom = Annotated[Optional[str], typer.Option(
+    "--exclude-from", help="Read exclude patterns from a file, one a line (gitignore syntax).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="One line per action, with its reason.")]
+ShowProgress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress on stderr [default: when stderr is a terminal].")]
+Json = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, the last stdout line.")]
+LogPath = Annotated[Optional[str], typer.Option("--log-file", help="Append actions and the summary to this file.")]
+HardLinks = Annotated[bool, typer.Option("--hard-links", "-H", help="Keep hard links among copied files.")]
+MaxDelete = Annotated[Optional[int], typer.Option(
+    "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
+
+
+@dataclass(frozen=True)
+class View:
+    """How a run is shown: presentation settings, kept apart from Options."""
+
+    quiet: bool
+    verbose: bool
+    progress: bool | None
+    json: bool
+    log_file: str | None
+
+
+def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list[str] | None,
+                  include: list[str] | None, exclude_from: str | None, hard_links: bool,
+                  max_delete: int | None = None) -> Options:
+    from ..plan.filters import read_patterns
+    excludes = [*(exclude or ()), *(read_patterns(exclude_from) if exclude_from else ())]
+    return Options(jobs=jobs or 0, dry_run=dry_run, checksum=checksum, excludes=tuple(excludes),
+                   includes=tuple(include or ()), hard_links=hard_links, max_delete=max_delete)
+
+
+@app.command(epilog="Examples: mirror copy ~/photos /mnt/backup/photos; "
+             "mirror copy -n -v src dst (show what would be copied, and why)\n\n" + EXIT_CODES)
+def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
+         exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
+         hard_links: HardLinks = False, quiet: Quiet = False, verbose: Verbose = False,
+         progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
+    """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
+    view = View(quiet, verbose, progress, json_summary, log_file)
+    execute(Mode.COPY, src, dst, view, lambda: build_options(
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links))
+
+
+@app.command(epilog="Examples: mirror sync /srv/data /mnt/replica; "
+             "mirror sync --max-delete 100 -q --log-file /var/log/mirror.log src dst (for cron)\n\n"
+             + EXIT_CODES)
+def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
+         exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
+         hard_links: HardLinks = False, max_delete: MaxDelete = None, quiet: Quiet = False,
+         verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
+         log_file: LogPath = None) -> None:
+    """Make DST identical to SRC: copy, then delete what SRC does not have.
+
+    Deletes nothing when any entry failed to copy. Excluded paths in DST are kept.
+    """
+    view = View(quiet, verbose, progress, json_summary, log_file)
+    execute(Mode.SYNC, src, dst, view, lambda: build_options(
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, max_delete))
+
+
+@app.command(epilog="Markers: + only in SRC, - only in DST, * differs (reason given), "
+             "! could not be read.\n\nExample: mirror check -c /srv/data /mnt/replica\n\n" + EXIT_CODES)
+def check(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
+          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
+          hard_links: HardLinks = False, quiet: Quiet = False, verbose: Verbose = False,
+          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
+    """Compare SRC and DST: list what sync would change. Exit 0 when identical, 1 when not."""
+    view = View(quiet, verbose, progress, json_summary, log_file)
+    execute(Mode.CHECK, src, dst, view, lambda: build_options(
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links))
+
+
+def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:
+    """Run one command and leave with its exit code; no traceback for anything a user did."""
+    from .session import Session
+    try:
+        with Session(view) as session:
+            report = session.run(mode, src, dst, make_options())
+            code = report.exit_code
+    except Interrupted as stop:
+        code = stop.exit_code
+    except MirrorError as error:
+        print(f"mirror: error: {error}", file=sys.stderr)
+        code = error.exit_code
+    except KeyboardInterrupt:
+        print("mirror: interrupted", file=sys.stderr)
+        code = 130
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

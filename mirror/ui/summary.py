@@ -1,0 +1,69 @@
+"""The closing paragraph of a run, and the line-per-action text of -v and the log."""
+from __future__ import annotations
+
+from ..model import Mode, Op, Outcome, Reason, Status, display
+from ..report import Report
+
+DIR_META_SHOWN = (Reason.PERMS, Reason.OWNER)
+
+
+def size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000 or unit == "TB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def describe_outcome(outcome: Outcome) -> str | None:
+    """One line for -v and the log, or None for bookkeeping nobody asked to see."""
+    action = outcome.action
+    if action.op is Op.DIR_META and action.reason not in DIR_META_SHOWN:
+        return None
+    path = display(action.path) + ("/" if action.op in (Op.MKDIR, Op.DIR_META) else "")
+    if outcome.status is Status.DONE:
+        return f"{action.op.value:<8} {path}  ({action.reason.value})"
+    return f"{outcome.status.value:<8} {path}: {outcome.error.strerror if outcome.error else ''}"
+
+
+def summarize(report: Report) -> str:
+    """A paragraph: what was copied, skipped, failed and deleted, how much, how fast."""
+    if report.mode is Mode.CHECK:
+        verdict = "identical" if not report.differences else plural(len(report.differences), "difference")
+        checked = plural(report.files_skipped + len(report.differences), "entry", "entries")
+        return _tail(report, f"Checked {checked}: {verdict}")
+    rate = report.bytes_copied / report.elapsed_s if report.elapsed_s > 0 else 0
+    verb = "Would copy" if report.dry_run else "Copied"
+    parts = [f"{verb} {plural(report.files_copied, 'file')} ({size(report.bytes_copied)})",
+             f"skipped {report.files_skipped:,} unchanged"]
+    if report.files_failed:
+        parts.append(f"{report.files_failed:,} failed")
+    made = [plural(count, noun) for count, noun in (
+        (report.dirs_created, "folder"), (report.links_created, "link"),
+        (report.specials_created, "special file")) if count]
+    if made:
+        parts.append("created " + " and ".join(made))
+    if report.metadata_updated:
+        parts.append(f"updated metadata of {report.metadata_updated:,}")
+    if report.mode is Mode.SYNC or report.deleted:
+        parts.append(f"deleted {report.deleted:,}")
+    text = "; ".join(parts) + f", in {report.elapsed_s:.2f} s ({size(rate)}/s) with {plural(report.jobs, 'job')}"
+    if report.dry_run:
+        text += "; dry run: nothing was changed"
+    return _tail(report, text)
+
+
+def _tail(report: Report, text: str) -> str:
+    if report.deletions_skipped:
+        text += f". {report.deletions_skipped}"
+    if report.errors:
+        text += f". {plural(len(report.errors), 'error')}"
+    if report.warnings:
+        text += f". {plural(len(report.warnings), 'warning')}"
+    if report.interrupted:
+        text += ". Interrupted: the run is incomplete"
+    return text + "."
