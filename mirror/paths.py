@@ -23,48 +23,47 @@ def depth(rel: bytes) -> int:
     return rel.count(b"/") + 1 if rel else 0
 
 
-def open_dir(root: bytes, rel: bytes) -> int:
-    """Open folder `rel` below `root` one component at a time, refusing symlinks on the way.
-
-    The root itself is opened as named (a user may name a symlink to a folder), which also
-    makes paths longer than PATH_MAX reachable.
-    """
-    fd = os.open(root, DIR_FLAGS)
-    if not rel:
-        return fd
-    try:
-        for part in rel.split(b"/"):
-            parent, fd = fd, -1
-            try:
-                fd = os.open(part, COMPONENT_FLAGS, dir_fd=parent)
-            finally:
-                os.close(parent)
-    except OSError as error:
-        if fd >= 0:
-            os.close(fd)
-        raise OSError(error.errno, error.strerror, os.path.join(root, rel)) from None
-    return fd
-
-
 class DirCache:
-    """Keeps the most recently opened folder open: a batch mostly touches one folder."""
+    """Keeps the chain of folders leading to the last one asked for open.
+
+    A walk or a batch mostly moves to a child or a sibling of the last folder, which then costs
+    one openat instead of one per component; a deep tree stays linear.
+    """
 
     def __init__(self, root: bytes) -> None:
         self.root = root
-        self.rel: bytes | None = None
-        self.fd = -1
+        self.root_fd = -1
+        self.parts: list[bytes] = []
+        self.fds: list[int] = []
 
     def get(self, rel: bytes) -> int:
-        if rel != self.rel:
-            self.close()
-            self.fd = open_dir(self.root, rel)
-            self.rel = rel
-        return self.fd
+        if self.root_fd < 0:
+            self.root_fd = os.open(self.root, DIR_FLAGS)
+        parts = rel.split(b"/") if rel else []
+        common = 0
+        for mine, wanted in zip(self.parts, parts):
+            if mine != wanted:
+                break
+            common += 1
+        while len(self.fds) > common:
+            os.close(self.fds.pop())
+            self.parts.pop()
+        for part in parts[common:]:
+            parent = self.fds[-1] if self.fds else self.root_fd
+            try:
+                fd = os.open(part, COMPONENT_FLAGS, dir_fd=parent)
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, os.path.join(self.root, rel)) from None
+            self.fds.append(fd)
+            self.parts.append(part)
+        return self.fds[-1] if self.fds else self.root_fd
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.fd, self.rel = -1, None
+        for fd in self.fds:
+            os.close(fd)
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+        self.root_fd, self.parts, self.fds = -1, [], []
 
 
 TEMP_PREFIX = b".mirror-tmp-"

@@ -5,19 +5,16 @@ import os
 
 import xxhash
 
-from ..paths import open_dir, split
+from ..paths import DirCache, split
 
 CHUNK = 1 << 20
 
 
-def file_digest(root: bytes, rel: bytes) -> bytes:
+def file_digest(folders: DirCache, rel: bytes) -> bytes:
     """The xxh3-128 digest of a regular file, read without following links or blocking."""
     parent, name = split(rel)
-    dir_fd = open_dir(root, parent)
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 dir_fd=folders.get(parent))
     digest = xxhash.xxh3_128()
     try:
         with open(fd, "rb", buffering=0, closefd=False) as stream:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity
 from ..options import Options
-from ..paths import is_temp_name
+from ..paths import DirCache, is_temp_name
 from .checksum import file_digest
 from .compare import decide, meta_differs
 from .filters import Filter
@@ -32,6 +32,8 @@ class Planner:
         self.options = options
         self.filter = Filter(options.excludes, options.includes)
         self.same_content = self._same_content if options.checksum else None
+        self.src_folders = DirCache(src_root)
+        self.dst_folders = DirCache(dst_root)
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
 
@@ -42,16 +44,20 @@ class Planner:
         except FileNotFoundError:
             dst_top = None  # a dry run into a DST that does not exist yet
         stack: list[tuple[Entry, Entry | None]] = [(src_top, dst_top)]
-        while stack:
-            src_dir, dst_dir = stack.pop()
-            yield from self.march_folder(src_dir, dst_dir, stack)
+        try:
+            while stack:
+                src_dir, dst_dir = stack.pop()
+                yield from self.march_folder(src_dir, dst_dir, stack)
+        finally:
+            self.src_folders.close()
+            self.dst_folders.close()
 
     def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
                      stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
         rel = src_dir.path
         try:
-            src_entries = scan_folder(self.src_root, rel)
-            dst_entries = scan_folder(self.dst_root, rel) if dst_dir is not None else {}
+            src_entries = scan_folder(self.src_folders, rel)
+            dst_entries = scan_folder(self.dst_folders, rel) if dst_dir is not None else {}
         except OSError as error:
             yield Problem(rel, Severity.ERROR, "cannot read folder", error)
             return
@@ -121,7 +127,7 @@ class Planner:
         if self.mode is Mode.COPY or self.filter.excludes(dst.path, dst.kind is Kind.DIR):
             return
         try:
-            for entry in walk_post_order(self.dst_root, dst):
+            for entry in walk_post_order(self.dst_folders, dst):
                 yield Action(Op.DELETE, entry.path, Reason.EXTRA, None, entry)
         except OSError as error:
             yield Problem(dst.path, Severity.ERROR, "cannot list folder to delete it", error)
@@ -137,7 +143,7 @@ class Planner:
             yield Action(Op.DIR_META, src_dir.path, reason, src_dir, dst_dir)
 
     def _same_content(self, src: Entry, dst: Entry) -> bool:
-        return file_digest(self.src_root, src.path) == file_digest(self.dst_root, dst.path)
+        return file_digest(self.src_folders, src.path) == file_digest(self.dst_folders, dst.path)
 
 
 def plan(src_root: bytes, dst_root: bytes, mode: Mode, options: Options) -> Iterator[Planned]:

@@ -5,7 +5,7 @@ import os
 import stat
 
 from ..model import KIND_OF_FORMAT, Entry, Kind
-from ..paths import join, open_dir
+from ..paths import DirCache, join
 
 
 def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None) -> Entry:
@@ -25,23 +25,20 @@ def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None
     )
 
 
-def scan_folder(root: bytes, rel: bytes) -> dict[bytes, Entry]:
-    """The entries of folder `rel` below `root`, by name. Raises OSError if it can't be read."""
-    fd = open_dir(root, rel)
-    try:
-        entries = {}
-        with os.scandir(fd) as listing:
-            for item in listing:
-                name = os.fsencode(item.name)
-                try:
-                    st = item.stat(follow_symlinks=False)
-                    target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
-                except FileNotFoundError:
-                    continue  # removed between listing and lstat: as if never listed
-                entries[name] = entry_from_stat(join(rel, name), st, target)
-        return entries
-    finally:
-        os.close(fd)
+def scan_folder(folders: DirCache, rel: bytes) -> dict[bytes, Entry]:
+    """The entries of folder `rel` of a tree, by name. Raises OSError if it can't be read."""
+    fd = folders.get(rel)
+    entries = {}
+    with os.scandir(fd) as listing:  # scandir works on its own duplicate of fd
+        for item in listing:
+            name = os.fsencode(item.name)
+            try:
+                st = item.stat(follow_symlinks=False)
+                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+            except FileNotFoundError:
+                continue  # removed between listing and lstat: as if never listed
+            entries[name] = entry_from_stat(join(rel, name), st, target)
+    return entries
 
 
 def stat_root(root: bytes) -> Entry:
@@ -49,7 +46,7 @@ def stat_root(root: bytes) -> Entry:
     return entry_from_stat(b"", os.stat(root))
 
 
-def walk_post_order(root: bytes, top: Entry):
+def walk_post_order(folders: DirCache, top: Entry):
     """Yield `top` and everything below it, children before their folder, without recursion.
 
     An unreadable folder raises OSError from the generator.
@@ -61,5 +58,5 @@ def walk_post_order(root: bytes, top: Entry):
             yield entry
             continue
         stack.append((entry, True))
-        children = scan_folder(root, entry.path)
+        children = scan_folder(folders, entry.path)
         stack.extend((child, False) for _, child in sorted(children.items(), reverse=True))

@@ -167,7 +167,7 @@ def remove_tree(root: bytes, top: Entry) -> int:
     folders = DirCache(root)
     count = 0
     try:
-        for entry in walk_post_order(root, top):
+        for entry in walk_post_order(folders, top):
             parent, name = split(entry.path)
             remove_entry(folders.get(parent), name, entry.kind)
             count += 1

@@ -1,0 +1,1 @@
+"""Benchmark harness for mirror: `python -m bench --help`."""

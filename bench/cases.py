@@ -1,0 +1,289 @@
+"""The benchmark cases: what each copies, how each round starts from the same state, its targets."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import memory, trees
+from .fusefs import Mount, fuse_missing
+from .runner import CaseResult, Measurement, SkipCase, Target, Trash, slug, timed_run
+from .tools import (COPYTREE, CP, REPO_ROOT, RSYNC, TAR, Tool, mirror_missing, mirror_tool,
+                    rsync_missing, tool_env)
+
+SLOW_DELAY = 0.002          # seconds added to every lookup/getattr, open and create
+
+
+@dataclass
+class Context:
+    """What every case shares: where data lives, the trash, the scale and mirror's settings."""
+
+    data: Path
+    trash: Trash
+    quick: bool
+    mirror_jobs: int
+    update_command: str       # mirror subcommand for the noop / touch1pct cases
+    warmup: bool = True
+
+    @property
+    def specs(self) -> dict[str, trees.TreeSpec]:
+        return trees.tree_specs(self.quick)
+
+
+class Case:
+    """First copy of one tree into a fresh DST per tool and round; subclasses change the state."""
+
+    metric = "seconds"
+
+    def __init__(self, ctx: Context, name: str, description: str, tree: str,
+                 tools: list[Tool], targets: list[Target] | None = None,
+                 pairs: list[tuple[str, str]] | None = None, rounds: int = 5) -> None:
+        self.ctx, self.name, self.description = ctx, name, description
+        self.tree, self.tools, self.default_rounds = tree, tools, rounds
+        self._targets, self._pairs = targets or [], pairs
+        self.spec = ctx.specs[tree]
+        self.src = Path()
+        self.dst_root = ctx.data / "dst" / name
+
+    def contenders(self) -> list[Tool]:
+        return self.tools
+
+    def unavailable(self, tool: Tool) -> str | None:
+        if tool.is_mirror:
+            return mirror_missing()
+        if tool is RSYNC:
+            return rsync_missing()
+        return None
+
+    def pairs(self, tools: list[Tool]) -> list[tuple[str, str]]:
+        """Default ratios: every mirror variant against every anchor."""
+        if self._pairs is not None:
+            return self._pairs
+        return [(m.label, a.label) for m in tools if m.is_mirror for a in tools if not a.is_mirror]
+
+    def targets(self) -> list[Target]:
+        return self._targets
+
+    def setup(self, tools: list[Tool]) -> None:
+        self.src = trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
+        self.dst_root.mkdir(parents=True, exist_ok=True)
+        if self.ctx.warmup:
+            trees.warm(self.src)
+
+    def before_round(self, rnd: int) -> None:
+        pass
+
+    def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
+        dst = self.dst_root / f"{slug(tool.label)}-r{rnd}"
+        self.ctx.trash.move(dst)                       # left by an interrupted run
+        self.ctx.trash.ensure_free(self.spec.approx_bytes())
+        return self.src, dst
+
+    def run(self, tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
+        return timed_run(tool, src, dst, rnd)
+
+    def verify(self, tool: Tool, src: Path, dst: Path, rnd: int) -> str | None:
+        """After round 1: DST holds as many files, folders and bytes as SRC."""
+        if rnd != 1:
+            return None
+        want, got = trees.tree_summary(src), trees.tree_summary(dst)
+        return None if want == got else f"(files, folders, bytes) {got} != source {want}"
+
+    def after(self, tool: Tool, rnd: int, dst: Path) -> None:
+        self.ctx.trash.move(dst, self.spec.files)
+
+    def teardown(self, result: CaseResult) -> None:
+        pass
+
+
+class UpToDate(Case):
+    """Each tool re-runs into its own DST that it brought up to date once, untimed."""
+
+    def setup(self, tools: list[Tool]) -> None:
+        super().setup(tools)
+        for tool in tools:
+            dst = self.synced_dst(tool)
+            self.ctx.trash.move(dst, self.spec.files)
+            done = subprocess.run(tool.argv(self.src, dst), env=tool_env(), cwd=REPO_ROOT,
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SkipCase(f"preparing the up-to-date DST with {tool.label} failed: "
+                               f"{done.stderr.strip()[-300:]}")
+
+    def synced_dst(self, tool: Tool) -> Path:
+        return self.dst_root / f"{slug(tool.label)}-synced"
+
+    def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
+        return self.src, self.synced_dst(tool)
+
+    def after(self, tool: Tool, rnd: int, dst: Path) -> None:
+        pass                                              # kept for the next round
+
+    def teardown(self, result: CaseResult) -> None:
+        for tool in self.tools:
+            self.ctx.trash.move(self.synced_dst(tool), self.spec.files)
+
+
+class Touch(UpToDate):
+    """Before each round the same 1% of SRC files flip to other content with a new mtime, so
+    every tool's DST (synced to the previous round) has exactly those files to copy."""
+
+    def setup(self, tools: list[Tool]) -> None:
+        super().setup(tools)
+        self.rewriter = trees.Rewriter(self.spec, self.src)
+        self.description += f" ({len(self.rewriter.indices):,} files rewritten per round)"
+
+    def before_round(self, rnd: int) -> None:
+        self.rewriter.flip()
+
+    def verify(self, tool: Tool, src: Path, dst: Path, rnd: int) -> str | None:
+        if not trees.same_files(src, dst, self.rewriter.relpaths):
+            return "a rewritten file differs in DST (content or mtime)"
+        return super().verify(tool, src, dst, rnd)
+
+    def teardown(self, result: CaseResult) -> None:
+        if hasattr(self, "rewriter"):
+            self.rewriter.restore()
+        super().teardown(result)
+
+
+class SlowFs(Case):
+    """SRC and DST on two FUSE passthroughs that sleep 2 ms per lookup/getattr, open, create."""
+
+    def setup(self, tools: list[Tool]) -> None:
+        reason = fuse_missing()
+        if reason:
+            raise SkipCase(reason)
+        self.src_real = trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
+        mnt = self.ctx.data / "mnt"
+        self.dst_real = self.dst_root
+        self.dst_real.mkdir(parents=True, exist_ok=True)
+        self.mounts = [Mount(self.src_real, mnt / "slow-src", SLOW_DELAY, mnt / "slow-src.json"),
+                       Mount(self.dst_real, mnt / "slow-dst", SLOW_DELAY, mnt / "slow-dst.json")]
+        self.entered: list[Mount] = []
+        try:
+            for mount in self.mounts:
+                self.entered.append(mount.__enter__())
+        except RuntimeError as error:
+            self._unmount()
+            raise SkipCase(str(error)) from None
+        self.src = self.mounts[0].mountpoint
+
+    def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
+        name = f"{slug(tool.label)}-r{rnd}"
+        self.ctx.trash.move(self.dst_real / name)
+        return self.src, self.mounts[1].mountpoint / name
+
+    def verify(self, tool: Tool, src: Path, dst: Path, rnd: int) -> str | None:
+        return super().verify(tool, self.src_real, self.dst_real / dst.name, rnd)
+
+    def after(self, tool: Tool, rnd: int, dst: Path) -> None:
+        self.ctx.trash.move(self.dst_real / dst.name, self.spec.files)   # bypassing FUSE
+
+    def _unmount(self) -> None:
+        for mount in reversed(getattr(self, "entered", [])):
+            mount.__exit__(None, None, None)
+        self.entered = []
+
+    def teardown(self, result: CaseResult) -> None:
+        self._unmount()
+        for mount in getattr(self, "mounts", []):
+            stats = mount.stats()
+            if stats:
+                counts = stats.get("counts", {})
+                delayed = sum(counts.get(op, 0) for op in ("getattr", "open", "create"))
+                result.notes.append(
+                    f"{mount.mountpoint.name}: {sum(counts.values()):,} FUSE ops "
+                    f"({delayed:,} delayed), peak {stats.get('max_concurrent')} concurrent")
+
+
+class Memory(Case):
+    """mirror alone on trees of empty files; the metric is the peak PSS of its process tree."""
+
+    metric = "peak_pss_mb"
+
+    def __init__(self, ctx: Context, name: str, description: str,
+                 tools_trees: list[tuple[Tool, str]], targets: list[Target]) -> None:
+        super().__init__(ctx, name, description, tools_trees[-1][1],
+                         [tool for tool, _tree in tools_trees], targets, pairs=[], rounds=1)
+        self.tree_of = {tool.label: ctx.specs[tree] for tool, tree in tools_trees}
+        self.src_of: dict[str, Path] = {}
+
+    def setup(self, tools: list[Tool]) -> None:
+        self.dst_root.mkdir(parents=True, exist_ok=True)
+        for tool in tools:
+            spec = self.tree_of[tool.label]
+            self.src_of[tool.label] = trees.build_tree(spec, self.ctx.data, self.ctx.trash.move)
+
+    def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
+        _src, dst = super().prepare(tool, rnd)
+        return self.src_of[tool.label], dst
+
+    def run(self, tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
+        return memory.sampled_run(tool, src, dst, rnd)
+
+    def after(self, tool: Tool, rnd: int, dst: Path) -> None:
+        self.ctx.trash.move(dst, self.tree_of[tool.label].files)
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def build_cases(ctx: Context) -> dict[str, list[Case]]:
+    """Every case by its CLI name (jobs expands to one case per tree)."""
+    specs = ctx.specs
+    mirror = mirror_tool(ctx.mirror_jobs, "copy", label="mirror")
+    update = mirror_tool(ctx.mirror_jobs, ctx.update_command, label="mirror")
+    anchors = [CP, RSYNC, TAR, COPYTREE]
+    small, large, slow = specs["small"], specs["large"], specs["slowfs"]
+    few, many = specs["empty100k"], specs["empty1m"]
+
+    def tree_text(spec: trees.TreeSpec) -> str:
+        unit, scale = ("MiB", trees.MIB) if spec.min_size >= trees.MIB else ("KiB", trees.KIB)
+        sizes = (f"{spec.min_size // scale}-{spec.max_size // scale} {unit}"
+                 if spec.min_size != spec.max_size else f"{spec.max_size // scale} {unit}")
+        where = f" in {spec.folders:,} folders" if spec.folders > 1 else ""
+        return f"{spec.files:,} files of {sizes}{where}"
+
+    jobs = [mirror_tool(n, "copy") for n in (1, 2, 4, 8)]
+    jobs_pairs = [(tool.label, "mirror -j1") for tool in jobs[1:]]
+    slow_jobs = [mirror_tool(n, "copy") for n in (1, 4, 16, 32)]
+    mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}"), key)
+                 for key, spec in (("empty100k", few), ("empty1m", many))]
+    lo, hi = (tool.label for tool, _key in mem_tools)
+    return {
+        "small": [Case(ctx, "small", f"first copy, {tree_text(small)}", "small",
+                       [mirror, *anchors],
+                       [Target("mirror", "cp -a", 0.85, "mirror <= 0.85 x cp -a"),
+                        Target("mirror", "rsync -a", 0.6, "mirror <= 0.6 x rsync -a")])],
+        "large": [Case(ctx, "large", f"first copy, {tree_text(large)}", "large",
+                       [mirror, *anchors],
+                       [Target("mirror", "cp -a", 0.75, "mirror <= 0.75 x cp -a")], rounds=3)],
+        "noop": [UpToDate(ctx, "noop", f"up-to-date DST, {tree_text(small)}", "small",
+                          [update, RSYNC],
+                          [Target("mirror", "rsync -a", 0.8, "mirror <= 0.8 x rsync -a")])],
+        "touch1pct": [Touch(ctx, "touch1pct", f"1% rewritten, {tree_text(small)}", "small",
+                            [update, RSYNC],
+                            [Target("mirror", "rsync -a", 0.8, "mirror <= 0.8 x rsync -a")])],
+        "jobs": [Case(ctx, "jobs-small", f"mirror --jobs, {tree_text(small)}", "small", jobs,
+                      pairs=jobs_pairs),
+                 Case(ctx, "jobs-large", f"mirror --jobs, {tree_text(large)}", "large", jobs,
+                      pairs=jobs_pairs, rounds=3)],
+        "slowfs": [SlowFs(ctx, "slowfs", f"FUSE +2 ms per lookup/getattr/open/create, "
+                          f"{tree_text(slow)}", "slowfs", [*slow_jobs, CP, RSYNC],
+                          [Target("mirror -j16", "mirror -j1", 1 / 8, "-j16 >= 8x faster than -j1"),
+                           Target("mirror -j16", "cp -a", 0.1, "-j16 >= 10x faster than cp -a"),
+                           Target("mirror -j16", "rsync -a", 0.1,
+                                  "-j16 >= 10x faster than rsync -a"),
+                           Target("mirror -j32", "mirror -j16", 1.0, "-j32 not slower than -j16")],
+                          rounds=3)],
+        "memory": [Memory(ctx, "memory", f"peak PSS (MiB) of all mirror processes, "
+                          f"{few.files:,} and {many.files:,} empty files", mem_tools,
+                          [Target(hi, None, 200.0, f"{hi}: total peak PSS <= 200 MB"),
+                           Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}")])],
+    }
+
+
+CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory")

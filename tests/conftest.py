@@ -1,0 +1,152 @@
+"""Shared test helpers: make_tree builds a tree from a dict, snapshot reads one back."""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mirror.ui.cli import app
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (owners, device files)")
+
+
+@dataclass(frozen=True)
+class Dir:
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class Link:
+    target: str | bytes
+
+
+@dataclass(frozen=True)
+class Fifo:
+    pass
+
+
+@dataclass(frozen=True)
+class File:
+    data: bytes
+    mode: int | None = None
+    mtime_ns: int | None = None
+
+
+def make_dirs(path: bytes) -> None:
+    """os.makedirs without recursion, for trees deeper than Python's recursion limit."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        os.mkdir(folder)
+
+
+def build(root: Path | bytes, spec: dict) -> bytes:
+    """Create `spec` ({relative path: bytes | File | Dir | Link | Fifo}) below root."""
+    base = os.fsencode(root)
+    make_dirs(base)
+    for rel, value in spec.items():
+        path = os.path.join(base, os.fsencode(rel))
+        make_dirs(os.path.dirname(path))
+        if isinstance(value, bytes):
+            value = File(value)
+        if isinstance(value, File):
+            with open(path, "wb") as out:
+                out.write(value.data)
+            if value.mode is not None:
+                os.chmod(path, value.mode)
+            if value.mtime_ns is not None:
+                os.utime(path, ns=(value.mtime_ns, value.mtime_ns))
+        elif isinstance(value, Dir):
+            make_dirs(path)
+            os.chmod(path, value.mode)
+        elif isinstance(value, Link):
+            os.symlink(os.fsencode(value.target), path)
+        elif isinstance(value, Fifo):
+            os.mkfifo(path)
+        else:
+            raise TypeError(f"unknown spec value {value!r}")
+    return base
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    """make_tree({"a/b.txt": b"hi"}) -> the new tree's root (a Path)."""
+    count = 0
+
+    def make(spec: dict, root: Path | None = None) -> Path:
+        nonlocal count
+        count += 1
+        root = root or tmp_path / f"tree{count}"
+        build(root, spec)
+        return root
+
+    return make
+
+
+def snapshot(root, mtimes: bool = True, dir_mtimes: bool = True) -> dict[bytes, tuple]:
+    """Every entry below root (and root itself as b"."): kind, permissions, owner, mtime, content."""
+    base = os.fsencode(root)
+    result = {}
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        path = os.path.join(base, rel) if rel else base
+        st = os.lstat(path)
+        kind = stat.S_IFMT(st.st_mode)
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as stream:
+                content = hashlib.sha256(stream.read()).hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        elif stat.S_ISDIR(st.st_mode):
+            content = None
+            stack.extend(os.path.join(rel, name) if rel else name for name in os.listdir(path))
+        else:
+            content = st.st_rdev
+        keep_mtime = mtimes and (dir_mtimes or not stat.S_ISDIR(st.st_mode))
+        result[rel or b"."] = (kind, stat.S_IMODE(st.st_mode) if kind != stat.S_IFLNK else None,
+                               st.st_uid, st.st_gid, st.st_mtime_ns if keep_mtime else None, content)
+    return result
+
+
+def link_groups(root) -> set[frozenset[bytes]]:
+    """Sets of paths that share an inode (hard links), for trees compared with -H."""
+    base = os.fsencode(root)
+    groups: dict[int, set[bytes]] = {}
+    for rel in snapshot(root, mtimes=False):
+        st = os.lstat(os.path.join(base, rel))
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            groups.setdefault(st.st_ino, set()).add(rel)
+    return {frozenset(group) for group in groups.values()}
+
+
+def temp_files(root) -> list[bytes]:
+    from mirror.paths import is_temp_name
+    return [rel for rel in snapshot(root, mtimes=False) if is_temp_name(os.path.basename(rel))]
+
+
+@pytest.fixture
+def cli():
+    """cli("copy", src, dst, "-v") -> click Result, through typer's CliRunner."""
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [os.fsdecode(a) if isinstance(a, (bytes, Path)) else a for a in args])
+
+    return invoke
+
+
+def run_mirror(*args, **kwargs) -> subprocess.CompletedProcess:
+    """The real command in a subprocess: exit codes and signals as a user sees them."""
+    command = [sys.executable, "-m", "mirror", *map(os.fsdecode, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
