@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import sys
 
 import pytest
@@ -58,10 +59,17 @@ def test_first_copy_reproduces_every_case(make_tree, tmp_path, jobs):
     assert temp_files(dst) == []
 
 
-def test_deeper_than_the_recursion_limit(make_tree, tmp_path):
+@pytest.fixture
+def deep_tmp(tmp_path):
+    yield tmp_path
+    # pytest's own clean-up recurses and would fail on these trees
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=True)
+
+
+def test_deeper_than_the_recursion_limit(make_tree, deep_tmp):
     levels = sys.getrecursionlimit() + 100
     src = make_tree(deep(levels))
-    dst = tmp_path / "dst"
+    dst = deep_tmp / "dst"
 
     report = copy_tree(src, dst, Options(jobs=2))
 
