@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import stat
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,17 @@ def link_groups(root) -> set[frozenset[bytes]]:
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             groups.setdefault(st.st_ino, set()).add(rel)
     return {frozenset(group) for group in groups.values()}
+
+
+@contextmanager
+def file_size_limit(nbytes: int):
+    """Writes past `nbytes` fail with EFBIG in this process and the workers it forks."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def temp_files(root) -> list[bytes]:

@@ -12,25 +12,37 @@ from ..errors import MirrorError
 class Filter:
     """Excludes are gitignore patterns; includes re-include what an exclude matched.
 
-    Exactly as in a .gitignore whose lines are the excludes followed by `!include` lines: the
-    last matching pattern wins, and nothing below an excluded folder can be re-included.
+    As in a .gitignore whose lines are the excludes followed by `!include` lines, and as git
+    applies it while walking: each entry is matched on its own (a pattern ending in "/" only
+    matches folders), the last matching pattern wins, and nothing below an excluded folder is
+    looked at, so it cannot be re-included.
     """
 
     def __init__(self, excludes: Iterable[str] = (), includes: Iterable[str] = ()) -> None:
-        lines = [*excludes, *(f"!{pattern}" for pattern in includes)]
-        try:
-            self.spec = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
-        except (ValueError, TypeError) as error:
-            raise MirrorError(f"bad filter pattern: {error}") from None
+        self.rules: list[tuple[pathspec.PathSpec, bool, bool]] = []
+        for line, excluded in [*((p, True) for p in excludes), *((p, False) for p in includes)]:
+            if line.startswith("!"):  # "!x" given to --exclude includes, as in a .gitignore file
+                line, excluded = line[1:], not excluded
+            if not line.strip() or line.startswith("#"):
+                continue
+            try:
+                spec = pathspec.PathSpec.from_lines("gitignore", [line])
+            except (ValueError, TypeError) as error:
+                raise MirrorError(f"bad filter pattern {line!r}: {error}") from None
+            self.rules.append((spec, excluded, line.rstrip().endswith("/")))
 
     def __bool__(self) -> bool:
-        return self.spec is not None
+        return bool(self.rules)
 
     def excludes(self, path: bytes, is_dir: bool) -> bool:
-        if self.spec is None:
+        if not self.rules:
             return False
-        text = os.fsdecode(path)
-        return self.spec.match_file(text + "/" if is_dir else text)
+        text = os.fsdecode(path) + ("/" if is_dir else "")
+        result = False
+        for spec, excluded, folders_only in self.rules:
+            if (is_dir or not folders_only) and spec.match_file(text):
+                result = excluded
+        return result
 
 
 def read_patterns(path: str) -> list[str]:
