@@ -4,13 +4,12 @@ from __future__ import annotations
 import glob
 import os
 import resource
-import subprocess
 import threading
 import time
 from pathlib import Path
 
-from .runner import Measurement
-from .tools import REPO_ROOT, Tool, tool_env
+from .runner import Measurement, finish, start
+from .tools import Tool
 
 
 def children(pid: int) -> list[int]:
@@ -86,19 +85,14 @@ def sampled_run(tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
     os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    process = subprocess.Popen(tool.argv(src, dst), env=tool_env(), cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start(tool, src, dst)
     sampler = Sampler(process.pid)
     sampler.start()
-    stdout, stderr = process.communicate()
+    code, error = finish(process)
     seconds = time.perf_counter() - started
     sampler.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    error = ""
-    if process.returncode != 0:
-        tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-3:]
-        error = f"exit {process.returncode}: " + " | ".join(tail)[:300]
     extra = {"peak_pss_mb": sampler.peak_kib / 1024, "processes_at_peak": sampler.peak_processes,
              "samples": sampler.samples}
-    return Measurement(tool.label, rnd, seconds, cpu, process.returncode == 0, error, extra)
+    return Measurement(tool.label, rnd, seconds, cpu, code == 0, error, extra)

@@ -124,23 +124,40 @@ class Trash:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def timed_run(tool: Tool, src: Path, dst: Path, rnd: int, sync_first: bool = True) -> Measurement:
+TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", 1800))     # seconds per run
+
+
+def start(tool: Tool, src: Path, dst: Path) -> subprocess.Popen[bytes]:
+    """Start tool in its own session, so a timeout can kill its whole process group."""
+    return subprocess.Popen(tool.argv(src, dst), env=tool_env(), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Wait up to TIMEOUT; (exit code, error text or "")."""
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.communicate()
+        return -9, f"timed out after {TIMEOUT:.0f} s (BENCH_TIMEOUT), killed"
+    if process.returncode == 0:
+        return 0, ""
+    tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-3:]
+    return process.returncode, f"exit {process.returncode}: " + " | ".join(tail)[:300]
+
+
+def timed_run(tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
     """Run tool once (os.sync() first, untimed); wall time and children CPU time."""
-    argv = tool.argv(src, dst)
-    if sync_first:
-        os.sync()
+    os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, env=tool_env(), cwd=REPO_ROOT, capture_output=True, text=True,
-                          errors="replace", check=False)
+    code, error = finish(start(tool, src, dst))
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    error = ""
-    if done.returncode != 0:
-        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-3:]
-        error = f"exit {done.returncode}: " + " | ".join(tail)[:300]
-    return Measurement(tool.label, rnd, seconds, cpu, done.returncode == 0, error)
+    return Measurement(tool.label, rnd, seconds, cpu, code == 0, error)
 
 
 def median_ratios(result: CaseResult, num: str, den: str) -> dict[str, float | list[float] | None]:

@@ -52,6 +52,34 @@ def make_dirs(path: bytes) -> None:
         os.mkdir(folder)
 
 
+ODD_NAMES = {
+    b"caf\xe9 latin-1.txt": b"not utf-8",
+    "with space/and\nnewline": b"x",
+    "long/" + "n" * 255: b"255 bytes",
+    "unicode/\u00e9t\u00e9 \U0001f600": b"emoji",
+}
+
+
+def every_case() -> dict:
+    return {
+        "a/b.txt": b"hi",
+        "a/empty.bin": b"",
+        "a/big.bin": os.urandom(3 << 20),
+        "private": File(b"secret", mode=0o600),
+        "exec.sh": File(b"#!/bin/sh\n", mode=0o755),
+        "readonly.txt": File(b"ro", mode=0o444),
+        "old": File(b"old", mtime_ns=946684800_123456789),
+        "empty/dir": Dir(),
+        "locked": Dir(mode=0o555),
+        "link-rel": Link("a/b.txt"),
+        "link-abs": Link("/etc/hostname"),
+        "link-dangling": Link("nowhere/at/all"),
+        "link-dir": Link("a"),
+        "pipe": Fifo(),
+        **ODD_NAMES,
+    }
+
+
 def build(root: Path | bytes, spec: dict) -> bytes:
     """Create `spec` ({relative path: bytes | File | Dir | Link | Fifo}) below root."""
     base = os.fsencode(root)

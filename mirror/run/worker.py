@@ -49,9 +49,10 @@ def _count_bytes(nbytes: int) -> None:
 
 
 def _report(final: bool) -> None:
-    global _unreported_bytes, _pending, _last_report
+    global _unreported_bytes, _last_report
     _queue.put(BatchReport(_batch_id, tuple(_pending), _unreported_bytes, final))
-    _unreported_bytes, _pending, _last_report = 0, [], time.monotonic()
+    _pending.clear()
+    _unreported_bytes, _last_report = 0, time.monotonic()
 
 
 def run_batch(batch: Batch) -> int:
@@ -59,7 +60,8 @@ def run_batch(batch: Batch) -> int:
     global _batch_id, _last_report
     _batch_id, _last_report = batch.id, time.monotonic()
     for action in batch.actions:
-        _pending.append(_applier.apply(action))
+        outcome = _applier.apply(action)  # may report (and clear) what is pending so far
+        _pending.append(outcome)
         if time.monotonic() - _last_report >= REPORT_EVERY_S:
             _report(final=False)
     _report(final=True)
