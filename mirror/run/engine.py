@@ -10,7 +10,7 @@ from ..model import Action, Mode, Op, Outcome
 from ..options import Options
 from . import worker
 from .apply import Applier
-from .events import Batch, BatchReport
+from .events import Batch, BatchReport, WorkerReport
 
 
 class Engine(Protocol):
@@ -48,29 +48,37 @@ class PoolEngine:
         self.pool = context.Pool(options.jobs, initializer=worker.init,
                                  initargs=(self.queue, src_root, dst_root, mode, options, lock_fd))
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
+        self.batches: dict[int, tuple[Action, ...]] = {}
         self.applier = Applier(src_root, dst_root, mode, options)
 
     def submit(self, batch: Batch) -> None:
         self.results[batch.id] = self.pool.apply_async(worker.run_batch, (batch,))
+        self.batches[batch.id] = batch.actions
 
     @property
     def pending(self) -> int:
         return len(self.results)
 
     def receive(self, timeout: float) -> list[BatchReport]:
-        reports = []
+        messages = []
         try:
-            reports.append(self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait())
+            messages.append(self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait())
             while True:
-                reports.append(self.queue.get_nowait())
+                messages.append(self.queue.get_nowait())
         except queues.Empty:
             pass
-        for report in reports:
-            if report.final:
-                self.results.pop(report.batch_id, None)
-        if not reports:
+        if not messages:
             self.raise_worker_bug()
-        return reports
+        return [self.unpack(message) for message in messages]
+
+    def unpack(self, message: WorkerReport) -> BatchReport:
+        """Join a worker's compact results with the actions the master kept."""
+        actions = self.batches[message.batch_id]
+        outcomes = [Outcome.done(actions[i], nbytes, deleted) for i, nbytes, deleted in message.done]
+        outcomes += [Outcome.failed(actions[i], error) for i, error in message.failed]
+        if message.final:
+            del self.results[message.batch_id], self.batches[message.batch_id]
+        return BatchReport(message.batch_id, tuple(outcomes), message.nbytes, message.final)
 
     def raise_worker_bug(self) -> None:
         """A task that raised (not an OSError: a bug) never reports; surface it."""

@@ -1,22 +1,33 @@
 """Small picklable messages: workers -> master through the queue, and engine -> sinks."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..model import Action, Outcome, Problem
 
 
-@dataclass(frozen=True, slots=True)
-class Batch:
+class Batch(NamedTuple):
     """A unit of work for one worker: actions in one or a few folders."""
 
     id: int
     actions: tuple[Action, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """Worker -> master: outcomes finished since the last report, and bytes not yet reported."""
+class WorkerReport(NamedTuple):
+    """Worker -> master, on the queue: what finished since the last report, by index in the batch.
+
+    Compact on purpose: the master still has the actions, so only results travel back.
+    """
+
+    batch_id: int
+    done: tuple[tuple[int, int, int], ...]        # (index, bytes written, entries deleted)
+    failed: tuple[tuple[int, OSError], ...]
+    nbytes: int                                    # bytes written since the last report
+    final: bool
+
+
+class BatchReport(NamedTuple):
+    """What an engine hands the runner: outcomes of one batch, and bytes written meanwhile."""
 
     batch_id: int
     outcomes: tuple[Outcome, ...]
@@ -26,35 +37,30 @@ class BatchReport:
 
 # What sinks receive (on_event); one Finished per action, whichever engine ran it.
 
-@dataclass(frozen=True, slots=True)
-class Planned:
+class Planned(NamedTuple):
     """The planner decided an action that changes DST (totals grow while the walk runs)."""
 
     action: Action
 
 
-@dataclass(frozen=True, slots=True)
-class ScanDone:
+class ScanDone(NamedTuple):
     """The walk is over: the totals are final."""
 
     files: int
     nbytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
+class Progress(NamedTuple):
     """Bytes written since the last Progress event."""
 
     nbytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(NamedTuple):
     outcome: Outcome
 
 
-@dataclass(frozen=True, slots=True)
-class Noticed:
+class Noticed(NamedTuple):
     """A problem the planner met: an unreadable folder, a skipped socket."""
 
     problem: Problem

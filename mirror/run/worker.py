@@ -5,10 +5,10 @@ import os
 import signal
 import time
 
-from ..model import Mode, Outcome
+from ..model import Mode, Status
 from ..options import Options
 from .apply import Applier
-from .events import Batch, BatchReport
+from .events import Batch, WorkerReport
 
 REPORT_EVERY_S = 0.1
 
@@ -16,7 +16,8 @@ _queue = None
 _applier: Applier | None = None
 _batch_id = -1
 _unreported_bytes = 0
-_pending: list[Outcome] = []
+_done: list[tuple[int, int, int]] = []
+_failed: list[tuple[int, OSError]] = []
 _last_report = 0.0
 
 
@@ -50,8 +51,9 @@ def _count_bytes(nbytes: int) -> None:
 
 def _report(final: bool) -> None:
     global _unreported_bytes, _last_report
-    _queue.put(BatchReport(_batch_id, tuple(_pending), _unreported_bytes, final))
-    _pending.clear()
+    _queue.put(WorkerReport(_batch_id, tuple(_done), tuple(_failed), _unreported_bytes, final))
+    _done.clear()
+    _failed.clear()
     _unreported_bytes, _last_report = 0, time.monotonic()
 
 
@@ -59,9 +61,12 @@ def run_batch(batch: Batch) -> int:
     """Apply every action of the batch; one queue message per batch, or one per ~0.1 s."""
     global _batch_id, _last_report
     _batch_id, _last_report = batch.id, time.monotonic()
-    for action in batch.actions:
+    for index, action in enumerate(batch.actions):
         outcome = _applier.apply(action)  # may report (and clear) what is pending so far
-        _pending.append(outcome)
+        if outcome.status is Status.DONE:
+            _done.append((index, outcome.nbytes, outcome.deleted))
+        else:
+            _failed.append((index, outcome.error))
         if time.monotonic() - _last_report >= REPORT_EVERY_S:
             _report(final=False)
     _report(final=True)

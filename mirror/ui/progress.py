@@ -42,7 +42,7 @@ class BarSink:
         from tqdm import tqdm  # imported only when a bar is shown: it costs start-up time
 
         self.counts = Counts()
-        self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1024,
+        self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000,
                         desc="scanning", file=sys.stderr, dynamic_ncols=True, leave=True)
 
     def __call__(self, event: Event) -> None:
