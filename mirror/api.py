@@ -7,7 +7,7 @@ from .model import Mode
 from .options import Options
 from .report import Report
 from .roots import check_roots, make_dst
-from .run.engine import DryRunEngine, PoolEngine
+from .run.engine import PoolEngine
 from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner, check
 
@@ -15,18 +15,16 @@ from .run.runner import OnEvent, Runner, check
 def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
               on_event: OnEvent | None) -> Report:
     src_root, dst_root = check_roots(src, dst, mode)
+    created = False
     if options.dry_run:
         lock_fd = lock_dst(dst_root) if os.path.isdir(dst_root) else -1
-        engine = DryRunEngine()
     else:
         created = make_dst(dst_root)
         lock_fd = lock_dst(dst_root)
     try:
-        if not options.dry_run:
-            engine = PoolEngine(src_root, dst_root, mode, options, lock_fd)
+        engine = PoolEngine(src_root, dst_root, mode, options, lock_fd)
         report = Runner(src_root, dst_root, mode, options, engine, on_event).run()
-        if not options.dry_run and created:
-            report.dirs_created += 1
+        report.dirs_created += created
         return report
     finally:
         if lock_fd >= 0:

@@ -107,6 +107,12 @@ class Action(NamedTuple):
         return self.src.size if self.op is Op.COPY and self.src else 0
 
 
+class Unchanged(enum.Enum):
+    """What the planner yields for a regular file the quick check found unchanged: no object to build."""
+
+    FILE = "unchanged file"
+
+
 class Status(enum.Enum):
     DONE = "done"
     FAILED = "failed"

@@ -1,10 +1,13 @@
 """Decide one entry: what SRC's entry needs done to DST's, and why."""
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable
 
-from ..model import Entry, Kind, Op, Reason
+from ..model import Entry, Kind, Op, Reason, Unchanged
+
+UNCHANGED_FILE = Unchanged.FILE
 
 OP_FOR_KIND = {
     Kind.FILE: Op.COPY,
@@ -32,6 +35,17 @@ def meta_differs(src: Entry, dst: Entry, owner: bool) -> Reason | None:
     if src.mtime_ns != dst.mtime_ns:
         return Reason.MTIME
     return None
+
+
+def same_file(src: os.stat_result, dst: os.stat_result) -> bool:
+    """The quick check on two lstat results: regular files, same type, permissions, size, mtime."""
+    return (src.st_mode == dst.st_mode and stat.S_ISREG(src.st_mode)
+            and src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns)
+
+
+def same_owned_file(src: os.stat_result, dst: os.stat_result) -> bool:
+    """same_file, and the same owner and group (when owners are kept)."""
+    return same_file(src, dst) and src.st_uid == dst.st_uid and src.st_gid == dst.st_gid
 
 
 def decide(src: Entry, dst: Entry | None, owner: bool,

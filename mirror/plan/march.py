@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 
-from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity
+from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
 from ..paths import DirCache, is_temp_name
 from .checksum import file_digest
-from .compare import decide, meta_differs
+from .compare import UNCHANGED_FILE, decide, meta_differs, same_file, same_owned_file
 from .filters import Filter
-from .scan import scan_folder, stat_root, walk_post_order
+from .scan import entry, list_folder, stat_root, walk_post_order
 
-Planned = Action | Problem
+class LinkedFile(NamedTuple):
+    """-H: a multiply-linked SRC file, decided where every path to it is seen (decide_linked)."""
+
+    src: Entry
+    dst: Entry | None
+
+
+Planned = Action | Problem | LinkedFile | Unchanged
 # Ops that create, replace or remove a name, and so change the mtime of the folder holding it.
 NAME_CHANGING = frozenset({Op.MKDIR, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.HARDLINK, Op.DELETE, Op.CLEANUP})
 
@@ -34,6 +42,9 @@ class Planner:
         self.same_content = self._same_content if options.checksum else None
         self.src_folders = DirCache(src_root)
         self.dst_folders = DirCache(dst_root)
+        # Without filters, --checksum or -H, an unchanged regular file is known from lstat alone.
+        simple = not (self.filter or options.checksum or options.hard_links)
+        self.quick_check = (same_owned_file if options.owner else same_file) if simple else None
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
 
@@ -47,33 +58,44 @@ class Planner:
         try:
             while stack:
                 src_dir, dst_dir = stack.pop()
-                yield from self.march_folder(src_dir, dst_dir, stack)
+                for item in self.march_folder(src_dir, dst_dir, stack):
+                    yield self.decide_linked(*item) if isinstance(item, LinkedFile) else item
         finally:
-            self.src_folders.close()
-            self.dst_folders.close()
+            self.close()
+
+    def close(self) -> None:
+        self.src_folders.close()
+        self.dst_folders.close()
 
     def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
                      stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
         rel = src_dir.path
         try:
-            src_entries = scan_folder(self.src_folders, rel)
-            dst_entries = scan_folder(self.dst_folders, rel) if dst_dir is not None else {}
+            src_listing = list_folder(self.src_folders, rel)
+            dst_listing = list_folder(self.dst_folders, rel) if dst_dir is not None else {}
         except OSError as error:
             yield Problem(rel, Severity.ERROR, "cannot read folder", error)
             return
+        quick = self.quick_check
         changed = False
         subfolders = []
-        for name in sorted(src_entries):
-            src = src_entries[name]
-            dst = dst_entries.pop(name, None)
+        for name in sorted(src_listing):
+            src_st = src_listing[name]
+            dst_st = dst_listing.pop(name, None)
+            if quick is not None and dst_st is not None and quick(src_st, dst_st):
+                yield UNCHANGED_FILE  # the common case of a re-run, decided without building entries
+                continue
+            src = entry(self.src_folders, rel, name, src_st)
+            dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
             for planned in self.decide_entry(name, src, dst):
                 yield planned
-                if isinstance(planned, Action) and planned.op in NAME_CHANGING:
+                if not isinstance(planned, Problem) and (isinstance(planned, LinkedFile)
+                                                         or planned.op in NAME_CHANGING):
                     changed = True
             if src.kind is Kind.DIR and not self.filter.excludes(src.path, True) and not is_temp_name(name):
                 subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
-        for name in sorted(dst_entries):
-            for planned in self.plan_extra(name, dst_entries[name]):
+        for name in sorted(dst_listing):
+            for planned in self.plan_extra(name, entry(self.dst_folders, rel, name, dst_listing[name])):
                 yield planned
                 changed = True
         stack.extend(reversed(subfolders))
@@ -91,10 +113,10 @@ class Planner:
         if src.kind is Kind.DEVICE and os.geteuid() != 0:
             yield Problem(src.path, Severity.WARNING, "skipped: device files need root")
             return
+        if self.options.hard_links and src.kind is Kind.FILE and src.nlink > 1:
+            yield LinkedFile(src, dst)
+            return
         try:
-            if self.options.hard_links and src.kind is Kind.FILE and src.nlink > 1:
-                yield self.decide_linked(src, dst)
-                return
             op, reason = decide(src, dst, self.options.owner, self.same_content)
         except OSError as error:
             yield Problem(src.path, Severity.ERROR, "cannot compare", error)
@@ -103,12 +125,15 @@ class Planner:
             return  # the folder's own listing decides its metadata
         yield Action(op, src.path, reason, src, dst)
 
-    def decide_linked(self, src: Entry, dst: Entry | None) -> Action:
+    def decide_linked(self, src: Entry, dst: Entry | None) -> Action | Problem:
         """-H: the first path of a multiply-linked file is copied, the others linked to it."""
         key = (src.dev, src.ino)
         first = self.links.get(key)
         if first is None:
-            op, reason = decide(src, dst, self.options.owner, self.same_content)
+            try:
+                op, reason = decide(src, dst, self.options.owner, self.same_content)
+            except OSError as error:
+                return Problem(src.path, Severity.ERROR, "cannot compare", error)
             self.links[key] = (src.path, None if op is Op.COPY else dst)
             return Action(op, src.path, reason, src, dst)
         first_path, first_dst = first

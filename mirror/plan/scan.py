@@ -25,20 +25,27 @@ def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None
     )
 
 
-def scan_folder(folders: DirCache, rel: bytes) -> dict[bytes, Entry]:
-    """The entries of folder `rel` of a tree, by name. Raises OSError if it can't be read."""
-    fd = folders.get(rel)
-    entries = {}
-    with os.scandir(fd) as listing:  # scandir works on its own duplicate of fd
-        for item in listing:
-            name = os.fsencode(item.name)
+def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:
+    """lstat every entry of folder `rel` of a tree, by name. Raises OSError if it can't be read."""
+    listing = {}
+    with os.scandir(folders.get(rel)) as items:  # scandir works on its own duplicate of the fd
+        for item in items:
             try:
-                st = item.stat(follow_symlinks=False)
-                target = os.readlink(name, dir_fd=fd) if stat.S_ISLNK(st.st_mode) else None
+                listing[item.name.encode("utf-8", "surrogateescape")] = item.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed between listing and lstat: as if never listed
-            entries[name] = entry_from_stat(join(rel, name), st, target)
-    return entries
+    return listing
+
+
+def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Entry:
+    """The Entry for one listed name; a symlink's target is read here."""
+    target = os.readlink(name, dir_fd=folders.get(rel)) if stat.S_ISLNK(st.st_mode) else None
+    return entry_from_stat(join(rel, name), st, target)
+
+
+def scan_folder(folders: DirCache, rel: bytes) -> dict[bytes, Entry]:
+    """The Entries of folder `rel` of a tree, by name."""
+    return {name: entry(folders, rel, name, st) for name, st in list_folder(folders, rel).items()}
 
 
 def stat_root(root: bytes) -> Entry:

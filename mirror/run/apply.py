@@ -26,6 +26,7 @@ class Applier:
         self.owner = bool(options.owner)
         self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
+        self.dry_run = options.dry_run
         self.deleted = 0
         self.handlers: dict[Op, Callable[[Action], int]] = {
             Op.COPY: self.copy, Op.MKDIR: self.mkdir, Op.SYMLINK: self.symlink,
@@ -34,6 +35,8 @@ class Applier:
         }
 
     def apply(self, action: Action) -> Outcome:
+        if self.dry_run:  # counted as done, so a dry run reports what a run would do
+            return Outcome.done(action, action.size, 1 if action.op is Op.DELETE else 0)
         self.deleted = 0
         try:
             nbytes = self.handlers[action.op](action)

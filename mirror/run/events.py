@@ -14,33 +14,23 @@ class Batch(NamedTuple):
 
 
 class WorkerReport(NamedTuple):
-    """Worker -> master, on the queue: what finished since the last report, by index in the batch.
+    """Worker -> master, on the queue: outcomes since the last report; the last one of a task
+    also carries a folder task's result."""
 
-    Compact on purpose: the master still has the actions, so only results travel back.
-    """
-
-    batch_id: int
-    done: tuple[tuple[int, int, int], ...]        # (index, bytes written, entries deleted)
-    failed: tuple[tuple[int, OSError], ...]
-    nbytes: int                                    # bytes written since the last report
+    task_id: int
+    outcomes: tuple[Outcome, ...]   # their actions travel light: op, path and reason only
+    nbytes: int                     # bytes written since the last report
     final: bool
-
-
-class BatchReport(NamedTuple):
-    """What an engine hands the runner: outcomes of one batch, and bytes written meanwhile."""
-
-    batch_id: int
-    outcomes: tuple[Outcome, ...]
-    nbytes: int
-    final: bool
+    result: object = None           # a FolderResult, on the final report of a folder task
 
 
 # What sinks receive (on_event); one Finished per action, whichever engine ran it.
 
-class Planned(NamedTuple):
-    """The planner decided an action that changes DST (totals grow while the walk runs)."""
+class Discovered(NamedTuple):
+    """More files to copy were found (totals grow while the walk runs)."""
 
-    action: Action
+    files: int
+    nbytes: int
 
 
 class ScanDone(NamedTuple):
@@ -66,4 +56,4 @@ class Noticed(NamedTuple):
     problem: Problem
 
 
-Event = Planned | ScanDone | Progress | Finished | Noticed
+Event = Discovered | ScanDone | Progress | Finished | Noticed

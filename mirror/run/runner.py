@@ -4,42 +4,49 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import Action, Mode, Op, Outcome, Problem
+from ..model import Action, Entry, Mode, Op, Outcome, Problem
 from ..options import Options
 from ..paths import depth
-from ..plan.march import plan
+from ..plan.compare import UNCHANGED_FILE
+from ..plan.march import Planner, plan
+from ..plan.scan import stat_root
 from ..report import Report
 from .engine import Engine
-from .events import Batch, BatchReport, Event, Finished, Noticed, Planned, Progress, ScanDone
+from .events import Batch, Discovered, Event, Finished, Noticed, Progress, ScanDone, WorkerReport
+from .folders import BIG_FILE, FolderResult, FolderTask
 
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
-BIG_FILE = 16 << 20         # a file this big gets a batch of its own
-BATCH_AGE_S = 0.05          # a slow walk still keeps the workers busy
-DRAIN_EVERY_S = 0.1
-PENDING_PER_JOB = 4         # bounds memory: the plan is a stream, not a list
+PENDING_PER_JOB = 4         # bounds memory and keeps every worker fed
 BATCHED = frozenset({Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
-INLINE = frozenset({Op.MKDIR, Op.CLEANUP})
 
 OnEvent = Callable[[Event], None]
 
 
 class Runner:
+    """Hands out folders to the engine as the walk finds them, then finishes in the master.
+
+    Workers plan and copy one folder each (both listings complete), create its subfolders and
+    send back where to go next; deletions, hard links and folder metadata come back to the
+    master and are applied at the end, deepest folders first.
+    """
+
     def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
                  engine: Engine, on_event: OnEvent | None = None) -> None:
         self.src_root, self.dst_root = src_root, dst_root
         self.mode, self.options, self.engine = mode, options, engine
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, options.jobs, options.dry_run)
-        self.batch: list[Action] = []
-        self.batch_bytes = 0
-        self.batch_born = 0.0
-        self.batches = 0
-        self.last_drain = 0.0
+        self.planner = Planner(src_root, dst_root, mode, options)  # -H decisions, in one place
+        self.folders: list[tuple[Entry, Entry | None]] = []
+        self.batches: deque[list[Action]] = deque()
+        self.folders_pending = 0
+        self.tasks = 0
         self.planned_files = self.planned_bytes = 0
         self.hardlinks: list[Action] = []
         self.deletions: list[Action] = []
@@ -61,68 +68,96 @@ class Runner:
         except BaseException:
             self.engine.abort()
             raise
+        finally:
+            self.planner.close()
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 
     def copy_phase(self) -> None:
-        for item in plan(self.src_root, self.dst_root, self.mode, self.options):
-            if isinstance(item, Problem):
-                self.report.notice(item)
-                self.on_event(Noticed(item))
-            elif item.op is Op.SKIP:
-                self.report.skip(item)
+        try:
+            dst_top: Entry | None = stat_root(self.dst_root)
+        except FileNotFoundError:
+            dst_top = None  # a dry run into a DST that does not exist yet
+        self.folders.append((stat_root(self.src_root), dst_top))
+        scanning = True
+        while self.folders or self.batches or self.engine.pending:
+            limit = self.options.jobs * PENDING_PER_JOB
+            while self.folders and self.engine.pending < limit:
+                self.submit(FolderTask(self.tasks, *self.folders.pop()))
+                self.folders_pending += 1
+            while self.batches and self.engine.pending < limit:
+                self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
+            if scanning and not self.folders and not self.folders_pending:
+                scanning = False
+                self.on_event(ScanDone(self.planned_files, self.planned_bytes))
+            if self.engine.pending:
+                for report in self.engine.receive(0.5):
+                    self.absorb(report)
+        if scanning:
+            self.on_event(ScanDone(self.planned_files, self.planned_bytes))
+
+    def submit(self, task) -> None:
+        self.engine.submit(task)
+        self.tasks += 1
+
+    def absorb(self, report: WorkerReport) -> None:
+        if report.nbytes:
+            self.on_event(Progress(report.nbytes))
+        for outcome in report.outcomes:
+            self.record(outcome)
+        if report.result is not None:
+            self.take_folder(report.result)
+
+    def take_folder(self, result: FolderResult) -> None:
+        self.folders_pending -= 1
+        self.folders.extend(reversed(result.subfolders))
+        self.report.files_skipped += result.skipped
+        self.discover(result.files, result.nbytes)
+        for problem in result.problems:
+            self.report.notice(problem)
+            self.on_event(Noticed(problem))
+        for action in result.later:
+            (self.deletions if action.op is Op.DELETE else self.dir_metas).append(action)
+        self.add_to_batches(result.handoff)
+        self.add_to_batches(self.decide_linked(result.linked))
+
+    def decide_linked(self, linked) -> list[Action]:
+        actions = []
+        for item in linked:
+            decided = self.planner.decide_linked(item.src, item.dst)
+            if isinstance(decided, Problem):
+                self.report.notice(decided)
+            elif decided.op is Op.HARDLINK:
+                self.hardlinks.append(decided)  # after the file it links to is written
+            elif decided.op is Op.SKIP:
+                self.report.skip(decided)
             else:
-                self.route(item)
-            if self.engine.pending and time.monotonic() - self.last_drain >= DRAIN_EVERY_S:
-                self.absorb(self.engine.receive(0))
-        self.flush()
-        self.on_event(ScanDone(self.planned_files, self.planned_bytes))
-        while self.engine.pending:
-            self.absorb(self.engine.receive(0.5))
+                if decided.op is Op.COPY:
+                    self.discover(1, decided.size)
+                actions.append(decided)
+        return actions
 
-    def route(self, action: Action) -> None:
-        self.on_event(Planned(action))
-        if action.op is Op.COPY:
-            self.planned_files += 1
-            self.planned_bytes += action.size
-        if action.op in BATCHED:
+    def discover(self, files: int, nbytes: int) -> None:
+        if files:
+            self.planned_files += files
+            self.planned_bytes += nbytes
+            self.on_event(Discovered(files, nbytes))
+
+    def add_to_batches(self, actions) -> None:
+        """Big files alone, the rest by count and size, so that every worker gets a share."""
+        batch: list[Action] = []
+        size = 0
+        for action in actions:
             if action.size >= BIG_FILE:
-                self.submit([action])
-                return
-            if not self.batch:
-                self.batch_born = time.monotonic()
-            self.batch.append(action)
-            self.batch_bytes += action.size
-            if (len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES
-                    or time.monotonic() - self.batch_born >= BATCH_AGE_S):
-                self.flush()
-        elif action.op in INLINE:
-            self.record(self.engine.run_inline(action))
-        elif action.op is Op.HARDLINK:
-            self.hardlinks.append(action)   # after the files they link to are written
-        elif action.op is Op.DELETE:
-            self.deletions.append(action)   # after the copy phase, and only if it went well
-        else:
-            self.dir_metas.append(action)   # last, deepest first
-
-    def flush(self) -> None:
-        if self.batch:
-            self.submit(self.batch)
-            self.batch, self.batch_bytes = [], 0
-
-    def submit(self, actions: list[Action]) -> None:
-        self.engine.submit(Batch(self.batches, tuple(actions)))
-        self.batches += 1
-        while self.engine.pending >= self.options.jobs * PENDING_PER_JOB:
-            self.absorb(self.engine.receive(0.5))
-
-    def absorb(self, reports: list[BatchReport]) -> None:
-        self.last_drain = time.monotonic()
-        for report in reports:
-            if report.nbytes:
-                self.on_event(Progress(report.nbytes))
-            for outcome in report.outcomes:
-                self.record(outcome)
+                self.batches.append([action])
+                continue
+            batch.append(action)
+            size += action.size
+            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+                self.batches.append(batch)
+                batch, size = [], 0
+        if batch:
+            self.batches.append(batch)
 
     def record(self, outcome: Outcome) -> None:
         self.report.record(outcome)
@@ -144,7 +179,8 @@ class Runner:
             self.report.deletions_skipped = f"{count} deletions planned, more than --max-delete {limit}: none done"
             self.report.deletions_refused = True
         else:
-            for action in self.deletions:
+            # Deepest first, so a folder is empty when its turn comes, whoever listed it.
+            for action in sorted(self.deletions, key=lambda action: -depth(action.path)):
                 self.record(self.engine.run_inline(action))
             return
         self.report.warnings.append(self.report.deletions_skipped)
@@ -155,7 +191,9 @@ def check(src_root: bytes, dst_root: bytes, options: Options) -> Report:
     started = time.monotonic()
     report = Report(Mode.CHECK, options.jobs, options.dry_run)
     for item in plan(src_root, dst_root, Mode.CHECK, options):
-        if isinstance(item, Problem) or item.op is not Op.SKIP:
+        if item is UNCHANGED_FILE:
+            report.files_skipped += 1
+        elif isinstance(item, Problem) or item.op is not Op.SKIP:
             report.differ(item)
         else:
             report.skip(item)

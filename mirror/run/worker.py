@@ -1,23 +1,25 @@
-"""Pool worker: apply a batch of actions and report finished files through the queue."""
+"""Pool worker: run folder tasks and batches, and report finished entries through the queue."""
 from __future__ import annotations
 
 import os
 import signal
 import time
 
-from ..model import Mode, Status
+from ..model import Mode, Outcome
 from ..options import Options
+from ..plan.march import Planner
 from .apply import Applier
 from .events import Batch, WorkerReport
+from .folders import FolderTask, run_folder
 
 REPORT_EVERY_S = 0.1
 
 _queue = None
 _applier: Applier | None = None
-_batch_id = -1
+_planner: Planner | None = None
+_task_id = -1
 _unreported_bytes = 0
-_done: list[tuple[int, int, int]] = []
-_failed: list[tuple[int, OSError]] = []
+_finished: list[Outcome] = []
 _last_report = 0.0
 
 
@@ -35,11 +37,12 @@ def _stop(signum, frame):
 
 def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, lock_fd: int) -> None:
     """Pool initializer: the queue proxy is passed once here, not with every task."""
-    global _queue, _applier
+    global _queue, _applier, _planner
     ignore_signals(lock_fd)
     signal.signal(signal.SIGTERM, _stop)
     _queue = queue
     _applier = Applier(src_root, dst_root, mode, options, on_bytes=_count_bytes)
+    _planner = Planner(src_root, dst_root, mode, options)
 
 
 def _count_bytes(nbytes: int) -> None:
@@ -49,25 +52,29 @@ def _count_bytes(nbytes: int) -> None:
         _report(final=False)
 
 
-def _report(final: bool) -> None:
+def _finish(outcome: Outcome) -> None:
+    action = outcome.action
+    _finished.append(outcome._replace(action=action._replace(src=None, dst=None)))
+    if time.monotonic() - _last_report >= REPORT_EVERY_S:
+        _report(final=False)
+
+
+def _report(final: bool, result: object = None) -> None:
     global _unreported_bytes, _last_report
-    _queue.put(WorkerReport(_batch_id, tuple(_done), tuple(_failed), _unreported_bytes, final))
-    _done.clear()
-    _failed.clear()
+    _queue.put(WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result))
+    _finished.clear()
     _unreported_bytes, _last_report = 0, time.monotonic()
 
 
-def run_batch(batch: Batch) -> int:
-    """Apply every action of the batch; one queue message per batch, or one per ~0.1 s."""
-    global _batch_id, _last_report
-    _batch_id, _last_report = batch.id, time.monotonic()
-    for index, action in enumerate(batch.actions):
-        outcome = _applier.apply(action)  # may report (and clear) what is pending so far
-        if outcome.status is Status.DONE:
-            _done.append((index, outcome.nbytes, outcome.deleted))
-        else:
-            _failed.append((index, outcome.error))
-        if time.monotonic() - _last_report >= REPORT_EVERY_S:
-            _report(final=False)
-    _report(final=True)
-    return batch.id
+def run_task(task: Batch | FolderTask) -> int:
+    """Run a batch or a folder; one queue message per task, or one per ~0.1 s."""
+    global _task_id, _last_report
+    _task_id, _last_report = task.id, time.monotonic()
+    result = None
+    if isinstance(task, FolderTask):
+        result = run_folder(task, _planner, _applier.apply, _finish)
+    else:
+        for action in task.actions:
+            _finish(_applier.apply(action))
+    _report(final=True, result=result)
+    return task.id

@@ -5,7 +5,7 @@ import sys
 import time
 
 from ..model import Op
-from ..run.events import Event, Finished, Planned, Progress, ScanDone
+from ..run.events import Discovered, Event, Finished, Progress, ScanDone
 from .summary import size
 
 LINE_EVERY_S = 5.0
@@ -20,8 +20,8 @@ class Counts:
         self.bytes_done = 0
 
     def take(self, event: Event) -> None:
-        if isinstance(event, Planned) and event.action.op is Op.COPY:
-            self.files_planned += 1
+        if isinstance(event, Discovered):
+            self.files_planned += event.files
         elif isinstance(event, Finished) and event.outcome.action.op is Op.COPY:
             self.files_done += 1
         elif isinstance(event, Progress):
