@@ -4,8 +4,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-import pathspec
-
 from ..errors import MirrorError
 
 
@@ -19,12 +17,13 @@ class Filter:
     """
 
     def __init__(self, excludes: Iterable[str] = (), includes: Iterable[str] = ()) -> None:
-        self.rules: list[tuple[pathspec.PathSpec, bool, bool]] = []
+        self.rules: list[tuple[object, bool, bool]] = []
         for line, excluded in [*((p, True) for p in excludes), *((p, False) for p in includes)]:
             if line.startswith("!"):  # "!x" given to --exclude includes, as in a .gitignore file
                 line, excluded = line[1:], not excluded
             if not line.strip() or line.startswith("#"):
                 continue
+            import pathspec  # only when there are patterns: it costs start-up time
             try:
                 spec = pathspec.PathSpec.from_lines("gitignore", [line])
             except (ValueError, TypeError) as error:

@@ -8,7 +8,6 @@ from typing import NamedTuple
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
 from ..paths import DirCache, is_temp_name
-from .checksum import file_digest
 from .compare import UNCHANGED_FILE, decide, meta_differs, same_file, same_owned_file
 from .filters import Filter
 from .scan import entry, list_folder, stat_root, walk_post_order
@@ -168,6 +167,7 @@ class Planner:
             yield Action(Op.DIR_META, src_dir.path, reason, src_dir, dst_dir)
 
     def _same_content(self, src: Entry, dst: Entry) -> bool:
+        from .checksum import file_digest  # xxhash only when --checksum asks for it
         return file_digest(self.src_folders, src.path) == file_digest(self.dst_folders, dst.path)
 
 
