@@ -15,7 +15,7 @@ from pathlib import Path
 from . import report
 from .cases import CASE_NAMES, Context, build_cases
 from .runner import CaseResult, Trash, run_case
-from .tools import describe_mirror
+from .tools import describe_mirror, mirror_fingerprint
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(os.environ.get("BENCH_DATA", "/work/benchdata"))
@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 rounds = args.rounds or (min(case.default_rounds, 3) if args.quick
                                          else case.default_rounds)
                 print(f"\n-- {case.name}: {case.description}, {rounds} rounds", flush=True)
+                fingerprint = mirror_fingerprint()
                 result = run_case(case, rounds)
+                if any(label.startswith("mirror") for label in result.labels):
+                    result.notes.append(f"mirror sources sha256 {fingerprint} at case start")
                 results.append(result)
                 report.print_case(result, args.quick)
     finally:

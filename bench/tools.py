@@ -144,6 +144,15 @@ def mirror_missing() -> str | None:
     return _mirror_reason
 
 
+def mirror_fingerprint() -> str:
+    """A short hash of mirror's sources now: the tree may change between (or during) runs."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "mirror").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def describe_mirror() -> str:
     override = os.environ.get("MIRROR_CMD")
     return f"MIRROR_CMD={override!r}" if override else f"{sys.executable} -m mirror"

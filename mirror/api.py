@@ -6,7 +6,7 @@ import os
 from .model import Mode
 from .options import Options
 from .report import Report
-from .roots import check_roots, make_dst
+from .roots import check_roots, make_dst, refuse_emptying
 from .run.engine import PoolEngine
 from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner, check
@@ -15,6 +15,8 @@ from .run.runner import OnEvent, Runner, check
 def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
               on_event: OnEvent | None) -> Report:
     src_root, dst_root = check_roots(src, dst, mode)
+    if mode is Mode.SYNC and not options.allow_empty_src:
+        refuse_emptying(src_root, dst_root)
     created = False
     if options.dry_run:
         lock_fd = lock_dst(dst_root) if os.path.isdir(dst_root) else -1

@@ -20,8 +20,9 @@ class Options:
     includes: tuple[str, ...] = ()      # re-include what an exclude matched
     hard_links: bool = False
     max_delete: int | None = None       # sync: delete nothing when the plan deletes more
-    retries: int = 2                    # copies of a file that changed while it was read
+    retries: int = 2                    # more tries for entries that failed, after a pause
     owner: bool | None = None           # keep owner and group; None: when running as root
+    allow_empty_src: bool = False       # sync: an empty SRC may empty a non-empty DST
 
     def __post_init__(self) -> None:
         if self.jobs == 0:

@@ -57,3 +57,18 @@ def make_dst(dst_root: bytes) -> bool:
     except OSError as error:
         raise MirrorError(f"cannot create destination {_show(dst_root)}: {error.strerror}") from None
     return True
+
+
+def refuse_emptying(src_root: bytes, dst_root: bytes) -> None:
+    """sync from an empty SRC (an unmounted disk, say) must not wipe a non-empty DST."""
+    with os.scandir(src_root) as src_items:
+        if next(src_items, None) is not None:
+            return
+    try:
+        with os.scandir(dst_root) as dst_items:
+            if next(dst_items, None) is None:
+                return
+    except FileNotFoundError:
+        return
+    raise MirrorError(f"source {_show(src_root)} is empty and the destination is not: refusing to "
+                      "delete everything in it (pass --allow-empty-src if that is what you want)")

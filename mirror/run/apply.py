@@ -57,8 +57,8 @@ class Applier:
         except OSError as error:
             raise SourceError(error.errno, error.strerror) from None
         dst_fd = self.dst.get(parent)
-        return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.options.retries,
-                         self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action))
+        return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.on_bytes,
+                         lambda tmp: self.place(dst_fd, tmp, name, action))
 
     def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
         """Rename a finished temporary entry over `name`, clearing a folder in the way."""

@@ -98,27 +98,26 @@ def write_temp(src_fd: int, st: os.stat_result, dst_dir_fd: int, tmp: bytes,
 
 
 def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner: bool,
-              retries: int, on_bytes: OnBytes, place: Callable[[bytes], None]) -> int:
+              on_bytes: OnBytes, place: Callable[[bytes], None]) -> int:
     """Copy SRC's `name` into a temporary file, then `place(tmp)` renames it over DST's name.
 
-    A file that changes while it is read is copied again, up to `retries` more times; the
-    temporary file is removed on every failure, so DST's old version stays whole.
+    The temporary file is removed on every failure, so DST's old version stays whole. A file
+    that changed while it was read fails with SourceChanged (the runner retries it later):
+    DST never gets the old mtime with new bytes.
     """
-    for _ in range(retries + 1):
-        src_fd, st = open_source(src_dir_fd, name, path)
-        try:
-            tmp = temp_name()
-            if not write_temp(src_fd, st, dst_dir_fd, tmp, owner, on_bytes):
-                continue
-        finally:
-            os.close(src_fd)
-        try:
-            place(tmp)
-        except BaseException:
-            discard(tmp, dst_dir_fd)
-            raise
-        return st.st_size
-    raise SourceChanged(errno.EAGAIN, f"changed while it was copied ({retries + 1} tries)", path)
+    src_fd, st = open_source(src_dir_fd, name, path)
+    try:
+        tmp = temp_name()
+        if not write_temp(src_fd, st, dst_dir_fd, tmp, owner, on_bytes):
+            raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
+    finally:
+        os.close(src_fd)
+    try:
+        place(tmp)
+    except BaseException:
+        discard(tmp, dst_dir_fd)
+        raise
+    return st.st_size
 
 
 def discard(tmp: bytes, dir_fd: int) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import Action, Entry, Mode, Op, Outcome, Problem
+from ..model import Action, Entry, Mode, Op, Outcome, Problem, Status
 from ..options import Options
 from ..paths import depth
 from ..plan.compare import UNCHANGED_FILE
@@ -23,7 +23,8 @@ from .folders import BIG_FILE, FolderResult, FolderTask
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
 PENDING_PER_JOB = 4         # bounds memory and keeps every worker fed
-BATCHED = frozenset({Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
+RETRIED = frozenset({Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
+RETRY_PAUSE_S = 0.25        # doubled at each round
 
 OnEvent = Callable[[Event], None]
 
@@ -48,6 +49,9 @@ class Runner:
         self.folders_pending = 0
         self.tasks = 0
         self.planned_files = self.planned_bytes = 0
+        self.scanning = True
+        self.attempt = 0
+        self.retry: list[Action] = []
         self.hardlinks: list[Action] = []
         self.deletions: list[Action] = []
         self.dir_metas: list[Action] = []
@@ -79,7 +83,18 @@ class Runner:
         except FileNotFoundError:
             dst_top = None  # a dry run into a DST that does not exist yet
         self.folders.append((stat_root(self.src_root), dst_top))
-        scanning = True
+        self.drain()
+        for attempt in range(1, self.options.retries + 1):
+            if not self.retry:
+                break
+            time.sleep(RETRY_PAUSE_S * 2 ** (attempt - 1))
+            self.attempt = attempt
+            actions, self.retry = self.retry, []
+            self.add_to_batches(actions)
+            self.drain()
+
+    def drain(self) -> None:
+        """Hand out folders and batches until every task, and every one they led to, is done."""
         while self.folders or self.batches or self.engine.pending:
             limit = self.options.jobs * PENDING_PER_JOB
             while self.folders and self.engine.pending < limit:
@@ -87,13 +102,14 @@ class Runner:
                 self.folders_pending += 1
             while self.batches and self.engine.pending < limit:
                 self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
-            if scanning and not self.folders and not self.folders_pending:
-                scanning = False
+            if self.scanning and not self.folders and not self.folders_pending:
+                self.scanning = False
                 self.on_event(ScanDone(self.planned_files, self.planned_bytes))
             if self.engine.pending:
                 for report in self.engine.receive(0.5):
                     self.absorb(report)
-        if scanning:
+        if self.scanning:
+            self.scanning = False
             self.on_event(ScanDone(self.planned_files, self.planned_bytes))
 
     def submit(self, task) -> None:
@@ -160,6 +176,10 @@ class Runner:
             self.batches.append(batch)
 
     def record(self, outcome: Outcome) -> None:
+        if (outcome.status is Status.FAILED and outcome.action.op in RETRIED
+                and self.attempt < self.options.retries):
+            self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
+            return
         self.report.record(outcome)
         self.on_event(Finished(outcome))
 

@@ -5,7 +5,7 @@ import os
 import signal
 import time
 
-from ..model import Mode, Outcome
+from ..model import Mode, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
 from .apply import Applier
@@ -53,8 +53,9 @@ def _count_bytes(nbytes: int) -> None:
 
 
 def _finish(outcome: Outcome) -> None:
-    action = outcome.action
-    _finished.append(outcome._replace(action=action._replace(src=None, dst=None)))
+    if outcome.status is Status.DONE:  # light: a failure keeps its whole action, to be retried
+        outcome = outcome._replace(action=outcome.action._replace(src=None, dst=None))
+    _finished.append(outcome)
     if time.monotonic() - _last_report >= REPORT_EVERY_S:
         _report(final=False)
 

@@ -38,6 +38,10 @@ ShowProgress = Annotated[Optional[bool], typer.Option(
 Json = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object, the last stdout line.")]
 LogPath = Annotated[Optional[str], typer.Option("--log-file", help="Append actions and the summary to this file.")]
 HardLinks = Annotated[bool, typer.Option("--hard-links", "-H", help="Keep hard links among copied files.")]
+Retries = Annotated[int, typer.Option(
+    "--retries", min=0, help="Try failed entries again this many times, after a short pause.")]
+AllowEmptySrc = Annotated[bool, typer.Option(
+    "--allow-empty-src", help="Let an empty SRC empty a non-empty DST (refused by default).")]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -55,23 +59,26 @@ class View:
 
 def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list[str] | None,
                   include: list[str] | None, exclude_from: str | None, hard_links: bool,
-                  max_delete: int | None = None) -> Options:
+                  retries: int = 0, max_delete: int | None = None,
+                  allow_empty_src: bool = False) -> Options:
     from ..plan.filters import read_patterns
     excludes = [*(exclude or ()), *(read_patterns(exclude_from) if exclude_from else ())]
     return Options(jobs=jobs or 0, dry_run=dry_run, checksum=checksum, excludes=tuple(excludes),
-                   includes=tuple(include or ()), hard_links=hard_links, max_delete=max_delete)
+                   includes=tuple(include or ()), hard_links=hard_links, retries=retries,
+                   max_delete=max_delete, allow_empty_src=allow_empty_src)
 
 
 @app.command(epilog="Examples: mirror copy ~/photos /mnt/backup/photos; "
              "mirror copy -n -v src dst (show what would be copied, and why)\n\n" + EXIT_CODES)
 def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
-         hard_links: HardLinks = False, quiet: Quiet = False, verbose: Verbose = False,
-         progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
+         hard_links: HardLinks = False, retries: Retries = 2, quiet: Quiet = False,
+         verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
+         log_file: LogPath = None) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
     execute(Mode.COPY, src, dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links))
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries))
 
 
 @app.command(epilog="Examples: mirror sync /srv/data /mnt/replica; "
@@ -79,16 +86,18 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
              + EXIT_CODES)
 def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
-         hard_links: HardLinks = False, max_delete: MaxDelete = None, quiet: Quiet = False,
-         verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
-         log_file: LogPath = None) -> None:
+         hard_links: HardLinks = False, retries: Retries = 2, max_delete: MaxDelete = None,
+         allow_empty_src: AllowEmptySrc = False, quiet: Quiet = False, verbose: Verbose = False,
+         progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
-    Deletes nothing when any entry failed to copy. Excluded paths in DST are kept.
+    Deletes nothing when any entry failed to copy. Excluded paths in DST are kept. An empty
+    SRC never empties a non-empty DST unless --allow-empty-src.
     """
     view = View(quiet, verbose, progress, json_summary, log_file)
     execute(Mode.SYNC, src, dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, max_delete))
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
+        allow_empty_src))
 
 
 @app.command(epilog="Markers: + only in SRC, - only in DST, * differs (reason given), "
