@@ -1,20 +1,27 @@
 """Engines run folder tasks and batches and hand back their reports; the Pool is the default."""
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import multiprocessing.pool
 import queue as queues
 from multiprocessing.managers import SyncManager
 from typing import Protocol
 
-from ..model import Action, Mode, Outcome
+from ..model import Action, Mode, Outcome, Problem, Severity
 from ..options import Options
 from . import worker
 from .apply import Applier
 from .events import Batch, WorkerReport
-from .folders import FolderTask
+from .folders import FolderResult, FolderTask
 
 Task = Batch | FolderTask
+SLOTS = 4096   # one (pid, task id) pair per worker process started, replacements included
+WORKER_DIED = "a worker process died while doing this"
+
+
+class EngineFailure(Exception):
+    """The engine cannot go on (its manager process died): the run ends, incomplete."""
 
 
 class Engine(Protocol):
@@ -49,13 +56,21 @@ class PoolEngine:
         self.manager = SyncManager(ctx=context)
         self.manager.start(worker.ignore_signals, (lock_fd,))
         self.queue = self.manager.Queue()
+        # Each worker notes in shared memory which task it runs: a Pool silently replaces a
+        # killed worker and never completes its task, so the master must find such tasks itself.
+        self.slots = context.Array("q", 2 * SLOTS, lock=False)
+        self.slots_used = context.Value("i", 0)
         self.pool = context.Pool(options.jobs, initializer=worker.init,
-                                 initargs=(self.queue, src_root, dst_root, mode, options, lock_fd))
+                                 initargs=(self.queue, src_root, dst_root, mode, options, lock_fd,
+                                           self.slots, self.slots_used))
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
+        self.tasks: dict[int, Task] = {}
+        self.rerun: set[int] = set()
         self.applier = Applier(src_root, dst_root, mode, options)
 
     def submit(self, task: Task) -> None:
         self.results[task.id] = self.pool.apply_async(worker.run_task, (task,))
+        self.tasks[task.id] = task
 
     @property
     def pending(self) -> int:
@@ -69,11 +84,14 @@ class PoolEngine:
                 reports.append(self.queue.get_nowait())
         except queues.Empty:
             pass
+        except (EOFError, ConnectionError) as error:
+            raise EngineFailure(f"lost the manager process that carries the workers' reports ({error!r})") from None
         if not reports:
             self.raise_worker_bug()
+            reports = self.recover_lost_tasks()
         for report in reports:
             if report.final:
-                del self.results[report.task_id]
+                del self.results[report.task_id], self.tasks[report.task_id]
         return reports
 
     def raise_worker_bug(self) -> None:
@@ -81,6 +99,25 @@ class PoolEngine:
         for result in list(self.results.values()):
             if result.ready() and not result.successful():
                 result.get()
+
+    def recover_lost_tasks(self) -> list[WorkerReport]:
+        """Run a dead worker's task again; if it dies twice, report the task as failed."""
+        alive = {process.pid for process in self.pool._pool if process.exitcode is None}
+        reports = []
+        for slot in range(min(self.slots_used.value, SLOTS)):
+            pid, task_id = self.slots[2 * slot], self.slots[2 * slot + 1]
+            if not pid or pid in alive:
+                continue
+            self.slots[2 * slot] = 0
+            if task_id not in self.results:
+                continue
+            task = self.tasks[task_id]
+            if task_id not in self.rerun:
+                self.rerun.add(task_id)
+                self.results[task_id] = self.pool.apply_async(worker.run_task, (task,))
+            else:
+                reports.append(failed_report(task))
+        return reports
 
     def run_inline(self, action: Action) -> Outcome:
         return self.applier.apply(action)
@@ -96,4 +133,16 @@ class PoolEngine:
 
     def _release(self) -> None:
         self.applier.close()
-        self.manager.shutdown()
+        try:
+            self.manager.shutdown()
+        except (OSError, EOFError):
+            pass  # it is already gone
+
+
+def failed_report(task: Task) -> WorkerReport:
+    """The final report of a task whose worker died twice: every entry in it failed."""
+    error = OSError(errno.EIO, WORKER_DIED)
+    if isinstance(task, Batch):
+        return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
+    problem = Problem(task.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
+    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), (problem,), 0, 0, 0))

@@ -15,8 +15,8 @@ from ..paths import depth
 from ..plan.compare import UNCHANGED_FILE
 from ..plan.march import Planner, plan
 from ..plan.scan import stat_root
-from ..report import Report
-from .engine import Engine
+from ..report import Failure, Report
+from .engine import Engine, EngineFailure
 from .events import Batch, Discovered, Event, Finished, Noticed, Progress, ScanDone, WorkerReport
 from .folders import BIG_FILE, FolderResult, FolderTask
 
@@ -63,6 +63,9 @@ class Runner:
                 self.copy_phase()
                 self.finish_phase()
             self.engine.close()
+        except EngineFailure as failure:
+            self.engine.abort()
+            self.report.errors.append(Failure(b"", f"{failure}; the run is incomplete"))
         except (KeyboardInterrupt, Terminated) as stop:
             self.engine.abort()
             self.report.interrupted = True

@@ -21,6 +21,8 @@ _task_id = -1
 _unreported_bytes = 0
 _finished: list[Outcome] = []
 _last_report = 0.0
+_slots = None
+_slot = 0
 
 
 def ignore_signals(close_fd: int = -1) -> None:
@@ -35,10 +37,16 @@ def _stop(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, lock_fd: int) -> None:
+def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, lock_fd: int,
+         slots, slots_used) -> None:
     """Pool initializer: the queue proxy is passed once here, not with every task."""
-    global _queue, _applier, _planner
+    global _queue, _applier, _planner, _slots, _slot
     ignore_signals(lock_fd)
+    with slots_used.get_lock():
+        _slot = 2 * (slots_used.value % (len(slots) // 2))
+        slots_used.value += 1
+    _slots = slots
+    _slots[_slot], _slots[_slot + 1] = os.getpid(), -1
     signal.signal(signal.SIGTERM, _stop)
     _queue = queue
     _applier = Applier(src_root, dst_root, mode, options, on_bytes=_count_bytes)
@@ -71,6 +79,7 @@ def run_task(task: Batch | FolderTask) -> int:
     """Run a batch or a folder; one queue message per task, or one per ~0.1 s."""
     global _task_id, _last_report
     _task_id, _last_report = task.id, time.monotonic()
+    _slots[_slot + 1] = task.id  # the master's watchdog reads this if we die
     result = None
     if isinstance(task, FolderTask):
         result = run_folder(task, _planner, _applier.apply, _finish)
@@ -78,4 +87,5 @@ def run_task(task: Batch | FolderTask) -> int:
         for action in task.actions:
             _finish(_applier.apply(action))
     _report(final=True, result=result)
+    _slots[_slot + 1] = -1
     return task.id
