@@ -106,7 +106,7 @@ class Trash:
         os.rename(path, target)
         self.entries.append((target, files))
 
-    def ensure_free(self, needed: int, margin: int = 4 * GIB) -> None:
+    def ensure_free(self, needed: int, margin: int = 16 * GIB) -> None:
         """Delete trash (fewest files first) until `needed` + margin bytes are free."""
         for entry in sorted(self.entries, key=lambda e: e[1]):
             if shutil.disk_usage(self.root).free >= needed + margin:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import multiprocessing
+import os
 import multiprocessing.pool
 import queue as queues
 from multiprocessing.managers import SyncManager
@@ -11,7 +12,9 @@ from typing import Protocol
 from ..model import Action, Mode, Outcome, Problem, Severity
 from ..options import Options
 from . import worker
+from ..paths import is_temp_name, split
 from .apply import Applier
+from .copyfile import discard
 from .events import Batch, WorkerReport
 from .folders import FolderResult, FolderTask
 
@@ -66,6 +69,7 @@ class PoolEngine:
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
         self.tasks: dict[int, Task] = {}
         self.rerun: set[int] = set()
+        self.lost: dict[int, Task] = {}
         self.applier = Applier(src_root, dst_root, mode, options)
 
     def submit(self, task: Task) -> None:
@@ -92,6 +96,8 @@ class PoolEngine:
         for report in reports:
             if report.final:
                 del self.results[report.task_id], self.tasks[report.task_id]
+        if self.lost and not self.results:
+            self.sweep_temp_files()  # nothing runs now: what is left was a dead worker's
         return reports
 
     def raise_worker_bug(self) -> None:
@@ -114,6 +120,7 @@ class PoolEngine:
             task = self.tasks[task_id]
             if task_id not in self.rerun:
                 self.rerun.add(task_id)
+                self.lost[task_id] = task
                 self.results[task_id] = self.pool.apply_async(worker.run_task, (task,))
             else:
                 reports.append(failed_report(task))
@@ -123,9 +130,29 @@ class PoolEngine:
         return self.applier.apply(action)
 
     def close(self) -> None:
-        self.pool.close()
-        self.pool.join()
+        if self.rerun:
+            # A lost task's first try stays in the Pool's books forever; join() would wait for it.
+            self.pool.terminate()
+        else:
+            self.pool.close()
+            self.pool.join()
         self._release()
+
+    def sweep_temp_files(self) -> None:
+        """Remove what dead workers were writing, in the folders of their tasks."""
+        folders = set()
+        for task in self.lost.values():
+            folders.update([task.src.path] if isinstance(task, FolderTask)
+                           else (split(action.path)[0] for action in task.actions))
+        for folder in folders:
+            try:
+                dir_fd = self.applier.dst.get(folder)
+                for name in os.listdir(dir_fd):
+                    if is_temp_name(os.fsencode(name)):
+                        discard(os.fsencode(name), dir_fd)
+            except OSError:
+                pass  # the next run removes what is left
+        self.lost.clear()
 
     def abort(self) -> None:
         self.pool.terminate()

@@ -1,0 +1,216 @@
+"""Faults injected into real runs: kill -9, dead workers, a dead manager, full disks, races."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import build, needs_root, run_mirror, snapshot, temp_files
+
+SMALL_TREE = {**{f"d{i % 20}/f{i}": os.urandom(1 + i % 4000) for i in range(600)},
+              **{f"big/b{i}": os.urandom(2 << 20) for i in range(3)}}
+
+
+def start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mirror", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def final_files_are_complete(src, dst) -> None:
+    """Every file under its final name in DST has SRC's whole content (DST started empty)."""
+    for rel, (kind, *_rest) in snapshot(dst, mtimes=False).items():
+        path = os.path.join(os.fsencode(dst), rel)
+        if os.path.isfile(path) and not os.path.islink(path) and rel not in temp_files(dst):
+            with open(path, "rb") as copy, open(os.path.join(os.fsencode(src), rel), "rb") as original:
+                assert copy.read() == original.read(), rel
+
+
+def wait_for_temp(dst, timeout=30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (os.path.isdir(dst) and temp_files(dst)):
+        assert time.monotonic() < deadline, "the copy never started"
+        time.sleep(0.005)
+
+
+def test_kill_9_at_ten_moments_then_the_next_run_repairs(tmp_path):
+    src = tmp_path / "src"
+    build(src, SMALL_TREE)
+    with open(src / "big/sparse", "wb") as stream:  # a slow copy: some kills land inside it
+        stream.truncate(512 << 20)
+    moments = random.Random(42).sample([i / 100 for i in range(5, 60)], 10)
+    left_temp_files = 0
+    for number, moment in enumerate(moments):
+        dst = tmp_path / f"dst{number}"
+        process = start("copy" if number % 2 else "sync", src, dst, "-j", "3")
+        time.sleep(moment)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if dst.exists():
+            final_files_are_complete(src, dst)
+            left_temp_files += bool(temp_files(dst))
+
+        repair = run_mirror("sync" if number % 2 else "copy", src, dst)
+
+        assert repair.returncode == 0, (moment, repair.stderr)
+        assert temp_files(dst) == []
+        assert snapshot(dst) == snapshot(src)
+    assert left_temp_files, "no kill landed while a file was being written"
+
+
+def children(pid: int) -> list[tuple[int, int]]:
+    """(start time, pid) of the processes whose parent is pid, oldest first."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append((int(fields[19]), int(entry)))
+    return sorted(found)
+
+
+def holders_of_temp(dst) -> list[int]:
+    prefix = os.path.join(str(dst), ".mirror-tmp-")
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            links = [os.readlink(f"/proc/{entry}/fd/{fd}") for fd in os.listdir(f"/proc/{entry}/fd")]
+        except OSError:
+            continue
+        if any(link.startswith(prefix) for link in links):
+            pids.append(int(entry))
+    return pids
+
+
+def sparse_source(tmp_path, size=3 << 30):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small").write_bytes(b"s")
+    with open(src / "huge", "wb") as stream:
+        stream.truncate(size)
+    return src
+
+
+def test_a_killed_worker_does_not_hang_the_run(tmp_path):
+    src = sparse_source(tmp_path, 1 << 30)
+    dst = tmp_path / "dst"
+    process = start("copy", src, dst, "-j", "2")
+    wait_for_temp(dst)
+    workers = holders_of_temp(dst)
+    assert workers and process.pid not in workers
+    os.kill(workers[0], signal.SIGKILL)
+
+    stdout, stderr = process.communicate(timeout=90)
+
+    assert process.returncode == 0, stderr  # the lost task ran again
+    assert snapshot(dst) == snapshot(src)
+    assert temp_files(dst) == []
+
+
+def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
+    src = sparse_source(tmp_path)
+    dst = tmp_path / "dst"
+    process = start("copy", src, dst, "-j", "2", "--json")
+    wait_for_temp(dst)
+    manager = children(process.pid)[0][1]  # started first, before the pool
+    os.kill(manager, signal.SIGKILL)
+
+    stdout, stderr = process.communicate(timeout=90)
+
+    assert process.returncode == 1, stderr
+    assert "manager" in stderr and "Traceback" not in stderr
+    os.truncate(src / "huge", 1 << 20)
+    assert run_mirror("copy", src, dst).returncode == 0
+    assert snapshot(dst) == snapshot(src) and temp_files(dst) == []
+
+
+def test_two_concurrent_runs_the_second_exits_3(tmp_path):
+    src = sparse_source(tmp_path, 2 << 30)
+    dst = tmp_path / "dst"
+    first = start("copy", src, dst)
+    wait_for_temp(dst)
+    try:
+        second = run_mirror("sync", src, dst)
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.wait()
+    assert second.returncode == 3 and "another mirror run" in second.stderr
+
+
+def mount_tmpfs(where, options: str) -> None:
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"cannot mount a tmpfs here: {error}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "size=2m")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@needs_root
+def test_disk_full_keeps_old_versions_and_leaves_no_temp(tmp_path, small_disk):
+    src = build(tmp_path / "src", {"a": b"A" * 900_000, "b": b"B" * 900_000, "c": b"C" * 900_000})
+    dst = small_disk / "dst"
+    build(dst, {"a": b"old a", "b": b"old b", "c": b"old c"})
+
+    result = run_mirror("copy", src, dst, "--json", "--retries", "0")
+
+    assert result.returncode == 1
+    assert "No space left on device" in result.stderr
+    contents = {name: (dst / name).read_bytes() for name in "abc"}
+    for name, data in contents.items():
+        assert data in (b"old " + name.encode(), name.upper().encode() * 900_000), name
+    assert any(data.startswith(b"old") for data in contents.values())
+    assert temp_files(dst) == []
+
+
+@needs_root
+def test_read_only_destination_is_refused_with_exit_2(tmp_path):
+    src = build(tmp_path / "src", {"a": b"1"})
+    readonly = tmp_path / "ro"
+    mount_tmpfs(readonly, "size=1m,ro")
+    try:
+        result = run_mirror("copy", src, readonly)
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
+    assert result.returncode == 2 and "not writable" in result.stderr
+
+
+def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree):
+    src = make_tree({"log": b"x" * (64 << 20)})
+    dst = make_tree({"log": b"old"})
+    stop = threading.Event()
+
+    def keep_writing():
+        with open(src / "log", "ab", buffering=0) as stream:
+            while not stop.is_set():
+                stream.write(b"y")
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        from mirror import Options, copy_tree
+        report = copy_tree(src, dst, Options(jobs=1, retries=1))
+    finally:
+        stop.set()
+        writer.join()
+
+    assert report.files_failed == 1 and report.exit_code == 1
+    assert "changed while it was copied" in report.errors[0].message
+    assert (dst / "log").read_bytes() == b"old"
+    assert temp_files(dst) == []
