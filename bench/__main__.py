@@ -30,8 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default=",".join(CASE_NAMES),
                         help=f"comma-separated, from {','.join(CASE_NAMES)} (default: all)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs "
-                             "and with --quick; 1 for memory)")
+                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs"
+                             "; 2 with --quick; 1 for memory)")
     parser.add_argument("--quick", action="store_true", help="trees ~10-50x smaller: a smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"where results.json/.png go (default {DEFAULT_OUT})")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.cases:
             for case in registry[name]:
-                rounds = args.rounds or (min(case.default_rounds, 3) if args.quick
+                rounds = args.rounds or (min(case.default_rounds, 2) if args.quick
                                          else case.default_rounds)
                 print(f"\n-- {case.name}: {case.description}, {rounds} rounds", flush=True)
                 fingerprint = mirror_fingerprint()

@@ -44,7 +44,7 @@ def tree_specs(quick: bool) -> dict[str, TreeSpec]:
         return {
             "small": TreeSpec("small", 2_000, 20, 1 * KIB, 8 * KIB),
             "large": TreeSpec("large", 8, 1, 16 * MIB, 16 * MIB),
-            "slowfs": TreeSpec("slowfs", 40, 4, 16 * KIB, 16 * KIB),
+            "slowfs": TreeSpec("slowfs", 32, 2, 16 * KIB, 16 * KIB),
             "empty100k": TreeSpec("empty", 2_000, 2, 0, 0),
             "empty1m": TreeSpec("empty", 20_000, 20, 0, 0),
         }

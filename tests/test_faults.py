@@ -41,14 +41,18 @@ def wait_for_temp(dst, timeout=30.0) -> None:
 def test_kill_9_at_ten_moments_then_the_next_run_repairs(tmp_path):
     src = tmp_path / "src"
     build(src, SMALL_TREE)
-    with open(src / "big/sparse", "wb") as stream:  # a slow copy: some kills land inside it
-        stream.truncate(512 << 20)
+    with open(src / "big/sparse", "wb") as stream:  # a slower copy, for kills mid-write
+        stream.truncate(128 << 20)
     moments = random.Random(42).sample([i / 100 for i in range(5, 60)], 10)
     left_temp_files = 0
     for number, moment in enumerate(moments):
         dst = tmp_path / f"dst{number}"
         process = start("copy" if number % 2 else "sync", src, dst, "-j", "3")
-        time.sleep(moment)
+        if number < 5:
+            time.sleep(moment)           # anywhere: start-up, walk, copies, the end
+        else:
+            wait_for_temp(dst)           # while files are being written
+            time.sleep(moment / 20)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         if dst.exists():
