@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ODD_NAMES, ROOT, File, every_case, link_groups, needs_root, snapshot, temp_files
+from conftest import ODD_NAMES, every_case, link_groups, needs_root, snapshot, temp_files
 from mirror import Options, copy_tree, sync_tree
 
 def deep(levels: int) -> dict:
@@ -125,15 +125,6 @@ def test_devices_and_owners_are_kept_as_root(make_tree, tmp_path):
     assert report.exit_code == 0
     assert snapshot(tmp_path / "dst") == snapshot(src)
     assert os.stat(tmp_path / "dst/owned").st_uid == 1234
-
-
-@pytest.mark.skipif(ROOT, reason="as root, setuid bits are kept with the owner")
-def test_setuid_is_dropped_when_owner_is_not_kept(make_tree, tmp_path):
-    src = make_tree({"tool": File(b"x", mode=0o4755)})
-
-    copy_tree(src, tmp_path / "dst", Options(jobs=1))
-
-    assert stat.S_IMODE(os.stat(tmp_path / "dst/tool").st_mode) == 0o755
 
 
 def test_sync_round_trip_equals_copy(make_tree, tmp_path):
