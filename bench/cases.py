@@ -1,7 +1,6 @@
 """The benchmark cases: what each copies, how each round starts from the same state, its targets."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path

@@ -211,6 +211,7 @@ def run_case(case, rounds: int) -> CaseResult:  # case: cases.Case (duck-typed, 
         return result
     try:
         case.setup(tools)
+        result.description = case.description          # setup may add what it found
         for rnd in range(1, rounds + 1):
             case.before_round(rnd)
             for tool in tools:

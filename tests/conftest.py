@@ -172,8 +172,21 @@ def file_size_limit(nbytes: int):
 
 
 def temp_files(root) -> list[bytes]:
+    """mirror's temporary files below root; safe to call while a run changes the tree."""
     from mirror.paths import is_temp_name
-    return [rel for rel in snapshot(root, mtimes=False) if is_temp_name(os.path.basename(rel))]
+    found, stack = [], [os.fsencode(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as items:
+                for item in items:
+                    if is_temp_name(item.name):
+                        found.append(os.path.relpath(item.path, os.fsencode(root)))
+                    elif item.is_dir(follow_symlinks=False):
+                        stack.append(item.path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
 
 
 @pytest.fixture

@@ -218,3 +218,29 @@ def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tre
     assert "changed while it was copied" in report.errors[0].message
     assert (dst / "log").read_bytes() == b"old"
     assert temp_files(dst) == []
+
+
+def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
+    src = sparse_source(tmp_path, 2 << 30)
+    dst = tmp_path / "dst"
+    process = start("copy", src, dst, "-j", "2")
+    wait_for_temp(dst)
+    helpers = [pid for _, pid in children(process.pid)]
+    assert len(helpers) >= 3  # the manager and two workers
+
+    process.kill()  # the master only, as the OOM killer would
+    process.wait()
+
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in helpers):
+        assert time.monotonic() < deadline, "a helper process outlived its master"
+        time.sleep(0.05)
+    assert temp_files(dst) == [], "the worker removed its temporary file as it stopped"
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return stream.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -57,7 +57,7 @@ class PoolEngine:
                  lock_fd: int = -1) -> None:
         context = multiprocessing.get_context("fork")
         self.manager = SyncManager(ctx=context)
-        self.manager.start(worker.ignore_signals, (lock_fd,))
+        self.manager.start(worker.ignore_signals, (lock_fd, os.getpid()))
         self.queue = self.manager.Queue()
         # Each worker notes in shared memory which task it runs: a Pool silently replaces a
         # killed worker and never completes its task, so the master must find such tasks itself.
@@ -65,7 +65,7 @@ class PoolEngine:
         self.slots_used = context.Value("i", 0)
         self.pool = context.Pool(options.jobs, initializer=worker.init,
                                  initargs=(self.queue, src_root, dst_root, mode, options, lock_fd,
-                                           self.slots, self.slots_used))
+                                           os.getpid(), self.slots, self.slots_used))
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
         self.tasks: dict[int, Task] = {}
         self.rerun: set[int] = set()

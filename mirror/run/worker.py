@@ -13,6 +13,7 @@ from .events import Batch, WorkerReport
 from .folders import FolderTask, run_folder
 
 REPORT_EVERY_S = 0.1
+PR_SET_PDEATHSIG = 1
 
 _queue = None
 _applier: Applier | None = None
@@ -25,11 +26,23 @@ _slots = None
 _slot = 0
 
 
-def ignore_signals(close_fd: int = -1) -> None:
-    """Helpers leave SIGINT to the master, and hold no copy of DST's lock."""
+def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL) -> None:
+    """Helpers leave SIGINT to the master, hold no copy of DST's lock, and die with the master."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if close_fd >= 0:
         os.close(close_fd)
+    die_with(master, on_orphan)
+
+
+def die_with(master: int, signum: int) -> None:
+    """Get `signum` when the master dies (even by kill -9), so no helper outlives a run."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+    except (OSError, AttributeError):
+        return  # not Linux: the pool's pipes still end idle workers
+    if master and os.getppid() != master:
+        os.kill(os.getpid(), signum)  # the master died before we asked
 
 
 def _stop(signum, frame):
@@ -38,16 +51,16 @@ def _stop(signum, frame):
 
 
 def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, lock_fd: int,
-         slots, slots_used) -> None:
+         master: int, slots, slots_used) -> None:
     """Pool initializer: the queue proxy is passed once here, not with every task."""
     global _queue, _applier, _planner, _slots, _slot
-    ignore_signals(lock_fd)
+    signal.signal(signal.SIGTERM, _stop)
+    ignore_signals(lock_fd, master, signal.SIGTERM)  # SIGTERM: the temporary file is removed
     with slots_used.get_lock():
         _slot = 2 * (slots_used.value % (len(slots) // 2))
         slots_used.value += 1
     _slots = slots
     _slots[_slot], _slots[_slot + 1] = os.getpid(), -1
-    signal.signal(signal.SIGTERM, _stop)
     _queue = queue
     _applier = Applier(src_root, dst_root, mode, options, on_bytes=_count_bytes)
     _planner = Planner(src_root, dst_root, mode, options)
