@@ -9,11 +9,10 @@ import queue as queues
 from multiprocessing.managers import SyncManager
 from typing import Protocol
 
-from ..model import Action, Mode, Outcome, Problem, Severity
+from ..model import Mode, Outcome, Problem, Severity
 from ..options import Options
 from . import worker
-from ..paths import is_temp_name, split
-from .apply import Applier
+from ..paths import DirCache, is_temp_name, split
 from .copyfile import discard
 from .events import Batch, WorkerReport
 from .folders import FolderResult, FolderTask
@@ -39,9 +38,6 @@ class Engine(Protocol):
     @property
     def pending(self) -> int:
         """Tasks submitted whose final report has not been received."""
-
-    def run_inline(self, action: Action) -> Outcome:
-        """Apply one action now, in order: deletions, hard links, folder metadata."""
 
     def close(self) -> None:
         """Wait for the workers and release them."""
@@ -70,7 +66,7 @@ class PoolEngine:
         self.tasks: dict[int, Task] = {}
         self.rerun: set[int] = set()
         self.lost: dict[int, Task] = {}
-        self.applier = Applier(src_root, dst_root, mode, options)
+        self.dst_root = dst_root
 
     def submit(self, task: Task) -> None:
         self.results[task.id] = self.pool.apply_async(worker.run_task, (task,))
@@ -126,9 +122,6 @@ class PoolEngine:
                 reports.append(failed_report(task))
         return reports
 
-    def run_inline(self, action: Action) -> Outcome:
-        return self.applier.apply(action)
-
     def close(self) -> None:
         if self.rerun:
             # A lost task's first try stays in the Pool's books forever; join() would wait for it.
@@ -144,14 +137,18 @@ class PoolEngine:
         for task in self.lost.values():
             folders.update([task.src.path] if isinstance(task, FolderTask)
                            else (split(action.path)[0] for action in task.actions))
-        for folder in folders:
-            try:
-                dir_fd = self.applier.dst.get(folder)
-                for name in os.listdir(dir_fd):
-                    if is_temp_name(os.fsencode(name)):
-                        discard(os.fsencode(name), dir_fd)
-            except OSError:
-                pass  # the next run removes what is left
+        cache = DirCache(self.dst_root)
+        try:
+            for folder in folders:
+                try:
+                    dir_fd = cache.get(folder)
+                    for name in map(os.fsencode, os.listdir(dir_fd)):
+                        if is_temp_name(name):
+                            discard(name, dir_fd)
+                except OSError:
+                    pass  # the next run removes what is left
+        finally:
+            cache.close()
         self.lost.clear()
 
     def abort(self) -> None:
@@ -159,7 +156,6 @@ class PoolEngine:
         self._release()
 
     def _release(self) -> None:
-        self.applier.close()
         try:
             self.manager.shutdown()
         except (OSError, EOFError):

@@ -30,11 +30,12 @@ OnEvent = Callable[[Event], None]
 
 
 class Runner:
-    """Hands out folders to the engine as the walk finds them, then finishes in the master.
+    """Hands out folders to the engine as the walk finds them, then the work that must wait.
 
-    Workers plan and copy one folder each (both listings complete), create its subfolders and
-    send back where to go next; deletions, hard links and folder metadata come back to the
-    master and are applied at the end, deepest folders first.
+    Workers create, plan and copy one folder each (both listings complete) and send back where
+    to go next. Hard links, deletions and folder metadata come back to the master, which hands
+    them out again after all copying: one depth at a time, deepest first, so a folder is empty
+    before it is removed and its metadata is set after everything inside it.
     """
 
     def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
@@ -44,7 +45,7 @@ class Runner:
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, options.jobs, options.dry_run)
         self.planner = Planner(src_root, dst_root, mode, options)  # -H decisions, in one place
-        self.folders: list[tuple[Entry, Entry | None]] = []
+        self.folders: list[tuple[Entry, Entry | None, Action | None]] = []
         self.batches: deque[list[Action]] = deque()
         self.folders_pending = 0
         self.tasks = 0
@@ -62,7 +63,7 @@ class Runner:
             with sigterm_raises():
                 self.copy_phase()
                 self.finish_phase()
-            self.engine.close()
+                self.engine.close()
         except EngineFailure as failure:
             self.engine.abort()
             self.report.errors.append(Failure(b"", f"{failure}; the run is incomplete"))
@@ -85,7 +86,7 @@ class Runner:
             dst_top: Entry | None = stat_root(self.dst_root)
         except FileNotFoundError:
             dst_top = None  # a dry run into a DST that does not exist yet
-        self.folders.append((stat_root(self.src_root), dst_top))
+        self.folders.append((stat_root(self.src_root), dst_top, None))
         self.drain()
         for attempt in range(1, self.options.retries + 1):
             if not self.retry:
@@ -100,11 +101,12 @@ class Runner:
         """Hand out folders and batches until every task, and every one they led to, is done."""
         while self.folders or self.batches or self.engine.pending:
             limit = self.options.jobs * PENDING_PER_JOB
+            # Batches first: what folders hand back is then never hoarded while the walk goes on.
+            while self.batches and self.engine.pending < limit:
+                self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
             while self.folders and self.engine.pending < limit:
                 self.submit(FolderTask(self.tasks, *self.folders.pop()))
                 self.folders_pending += 1
-            while self.batches and self.engine.pending < limit:
-                self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
             if self.scanning and not self.folders and not self.folders_pending:
                 self.scanning = False
                 self.on_event(ScanDone(self.planned_files, self.planned_bytes))
@@ -187,14 +189,24 @@ class Runner:
         self.on_event(Finished(outcome))
 
     def finish_phase(self) -> None:
-        for action in self.hardlinks:
-            self.record(self.engine.run_inline(action))
-        if self.deletions:
-            self.delete()
-        for action in sorted(self.dir_metas, key=lambda action: -depth(action.path)):
-            self.record(self.engine.run_inline(action))
+        self.run_round(self.hardlinks)
+        if self.deletions and self.may_delete():
+            self.run_by_depth(self.deletions)
+        self.run_by_depth(self.dir_metas)
 
-    def delete(self) -> None:
+    def run_round(self, actions: list[Action]) -> None:
+        self.add_to_batches(actions)
+        self.drain()
+
+    def run_by_depth(self, actions: list[Action]) -> None:
+        """Deepest first; each depth is done in parallel, and finished before the next."""
+        by_depth: dict[int, list[Action]] = {}
+        for action in actions:
+            by_depth.setdefault(depth(action.path), []).append(action)
+        for level in sorted(by_depth, reverse=True):
+            self.run_round(by_depth[level])
+
+    def may_delete(self) -> bool:
         count, limit = len(self.deletions), self.options.max_delete
         if self.report.errors:
             self.report.deletions_skipped = f"{count} deletions skipped because of errors"
@@ -202,11 +214,9 @@ class Runner:
             self.report.deletions_skipped = f"{count} deletions planned, more than --max-delete {limit}: none done"
             self.report.deletions_refused = True
         else:
-            # Deepest first, so a folder is empty when its turn comes, whoever listed it.
-            for action in sorted(self.deletions, key=lambda action: -depth(action.path)):
-                self.record(self.engine.run_inline(action))
-            return
+            return True
         self.report.warnings.append(self.report.deletions_skipped)
+        return False
 
 
 def check(src_root: bytes, dst_root: bytes, options: Options) -> Report:
