@@ -46,6 +46,7 @@ class Report:
     metadata_updated: int = 0
     deleted: int = 0
     temp_files_removed: int = 0
+    retried: int = 0                  # failed entries tried again (--retries)
     errors: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
@@ -120,6 +121,7 @@ class Report:
             "metadata_updated": self.metadata_updated,
             "deleted": self.deleted,
             "temp_files_removed": self.temp_files_removed,
+            "retried": self.retried,
             "differences": len(self.differences),
             "errors": [failure.to_dict() for failure in self.errors],
             "warnings": list(self.warnings),

@@ -244,3 +244,39 @@ def zombie(pid: int) -> bool:
             return stream.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_retries_redo_only_the_failed_entry(make_tree):
+    from collections import Counter
+
+    from mirror import Options, copy_tree
+    from mirror.run.events import Finished
+    src = make_tree({**{f"f{i}": b"x" * i for i in range(40)}, "growing": b"g" * (64 << 20)})
+    dst = make_tree({})
+    stop = threading.Event()
+
+    def append_for_a_moment():
+        """Until the first copy of the file is under way, and a little longer."""
+        deadline = time.monotonic() + 30
+        with open(src / "growing", "ab", buffering=0) as stream:
+            while not temp_files(dst) and time.monotonic() < deadline and not stop.is_set():
+                stream.write(b"g")
+            deadline = time.monotonic() + 0.1
+            while time.monotonic() < deadline:
+                stream.write(b"g")
+
+    writer = threading.Thread(target=append_for_a_moment)
+    events = []
+    writer.start()
+    try:
+        report = copy_tree(src, dst, Options(jobs=2, retries=2), on_event=events.append)
+    finally:
+        stop.set()
+        writer.join()
+
+    assert report.exit_code == 0, report.errors
+    assert report.retried >= 1
+    assert report.files_copied == 41, "each file once: the tree is not copied again"
+    finished = Counter(e.outcome.action.path for e in events if isinstance(e, Finished))
+    assert finished[b"growing"] == 1 and set(finished.values()) <= {1}
+    assert (dst / "growing").read_bytes() == (src / "growing").read_bytes()

@@ -184,6 +184,7 @@ class Runner:
         if (outcome.status is Status.FAILED and outcome.action.op in RETRIED
                 and self.attempt < self.options.retries):
             self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
+            self.report.retried += 1
             return
         self.report.record(outcome)
         self.on_event(Finished(outcome))
