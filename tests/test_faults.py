@@ -195,29 +195,34 @@ def test_read_only_destination_is_refused_with_exit_2(tmp_path):
     assert result.returncode == 2 and "not writable" in result.stderr
 
 
-def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree):
-    src = make_tree({"log": b"x" * (64 << 20)})
+def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree, monkeypatch):
+    from mirror import Options, copy_tree
+    from mirror.run import copyfile
+    src = make_tree({"log": b"x" * 5000, "calm": b"c"})
     dst = make_tree({"log": b"old"})
-    stop = threading.Event()
+    real_unchanged = copyfile.unchanged
+    monkeypatch.setattr(copyfile, "unchanged", lambda before, after: (
+        before.st_size != 5000 and real_unchanged(before, after)))  # "log" changes at every read
 
-    def keep_writing():
-        with open(src / "log", "ab", buffering=0) as stream:
-            while not stop.is_set():
-                stream.write(b"y")
+    report = copy_tree(src, dst, Options(jobs=2, retries=1))
 
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
-    try:
-        from mirror import Options, copy_tree
-        report = copy_tree(src, dst, Options(jobs=1, retries=1))
-    finally:
-        stop.set()
-        writer.join()
-
-    assert report.files_failed == 1 and report.exit_code == 1
+    assert report.files_failed == 1 and report.exit_code == 1 and report.retried == 1
     assert "changed while it was copied" in report.errors[0].message
     assert (dst / "log").read_bytes() == b"old"
+    assert (dst / "calm").read_bytes() == b"c"
     assert temp_files(dst) == []
+
+
+def test_a_change_during_the_copy_is_seen(tmp_path):
+    from mirror.run.copyfile import unchanged
+    path = tmp_path / "f"
+    path.write_bytes(b"12345")
+    before = os.stat(path)
+    with open(path, "r+b") as stream:  # same size, rewritten in place: ctime and mtime move
+        time.sleep(0.01)
+        stream.write(b"54321")
+    assert unchanged(before, os.stat(path)) is False
+    assert unchanged(before, before) is True
 
 
 def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
@@ -246,37 +251,32 @@ def zombie(pid: int) -> bool:
         return True
 
 
-def test_retries_redo_only_the_failed_entry(make_tree):
+def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
     from collections import Counter
 
     from mirror import Options, copy_tree
+    from mirror.run import copyfile
     from mirror.run.events import Finished
-    src = make_tree({**{f"f{i}": b"x" * i for i in range(40)}, "growing": b"g" * (64 << 20)})
+    src = make_tree({**{f"f{i}": b"x" * i for i in range(40)}, "growing": b"g" * 12345})
     dst = make_tree({})
-    stop = threading.Event()
+    seen_once = []
 
-    def append_for_a_moment():
-        """Until the first copy of the file is under way, and a little longer."""
-        deadline = time.monotonic() + 30
-        with open(src / "growing", "ab", buffering=0) as stream:
-            while not temp_files(dst) and time.monotonic() < deadline and not stop.is_set():
-                stream.write(b"g")
-            deadline = time.monotonic() + 0.1
-            while time.monotonic() < deadline:
-                stream.write(b"g")
+    def changes_on_first_read(before, after):
+        """The workers fork from this process: in them, "growing" changes during its first copy."""
+        if before.st_size == 12345 and not seen_once:
+            seen_once.append(True)
+            return False
+        return real_unchanged(before, after)
 
-    writer = threading.Thread(target=append_for_a_moment)
+    real_unchanged = copyfile.unchanged
+    monkeypatch.setattr(copyfile, "unchanged", changes_on_first_read)
     events = []
-    writer.start()
-    try:
-        report = copy_tree(src, dst, Options(jobs=2, retries=2), on_event=events.append)
-    finally:
-        stop.set()
-        writer.join()
+
+    report = copy_tree(src, dst, Options(jobs=1, retries=2), on_event=events.append)
 
     assert report.exit_code == 0, report.errors
-    assert report.retried >= 1
+    assert report.retried == 1
     assert report.files_copied == 41, "each file once: the tree is not copied again"
     finished = Counter(e.outcome.action.path for e in events if isinstance(e, Finished))
-    assert finished[b"growing"] == 1 and set(finished.values()) <= {1}
+    assert finished[b"growing"] == 1 and set(finished.values()) == {1}
     assert (dst / "growing").read_bytes() == (src / "growing").read_bytes()
