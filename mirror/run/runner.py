@@ -1,4 +1,4 @@
-"""Drive a run: feed the planner's stream to an engine in batches, count outcomes, emit events."""
+"""Drive a run: hand folders and batches to an engine, count what comes back, emit events."""
 from __future__ import annotations
 
 import signal
@@ -107,12 +107,15 @@ class Runner:
             while self.folders and self.engine.pending < limit:
                 self.submit(FolderTask(self.tasks, *self.folders.pop()))
                 self.folders_pending += 1
-            if self.scanning and not self.folders and not self.folders_pending:
-                self.scanning = False
-                self.on_event(ScanDone(self.planned_files, self.planned_bytes))
+            if not self.folders and not self.folders_pending:
+                self.end_scan()
             if self.engine.pending:
                 for report in self.engine.receive(0.5):
                     self.absorb(report)
+        self.end_scan()
+
+    def end_scan(self) -> None:
+        """Once, when no folder is left to walk: the totals are final."""
         if self.scanning:
             self.scanning = False
             self.on_event(ScanDone(self.planned_files, self.planned_bytes))
@@ -135,8 +138,7 @@ class Runner:
         self.report.files_skipped += result.skipped
         self.discover(result.files, result.nbytes)
         for problem in result.problems:
-            self.report.notice(problem)
-            self.on_event(Noticed(problem))
+            self.notice(problem)
         for action in result.later:
             (self.deletions if action.op is Op.DELETE else self.dir_metas).append(action)
         self.add_to_batches(result.handoff)
@@ -147,7 +149,7 @@ class Runner:
         for item in linked:
             decided = self.planner.decide_linked(item.src, item.dst)
             if isinstance(decided, Problem):
-                self.report.notice(decided)
+                self.notice(decided)
             elif decided.op is Op.HARDLINK:
                 self.hardlinks.append(decided)  # after the file it links to is written
             elif decided.op is Op.SKIP:
@@ -157,6 +159,10 @@ class Runner:
                     self.discover(1, decided.size)
                 actions.append(decided)
         return actions
+
+    def notice(self, problem: Problem) -> None:
+        self.report.notice(problem)
+        self.on_event(Noticed(problem))
 
     def discover(self, files: int, nbytes: int) -> None:
         if files:
