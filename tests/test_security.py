@@ -8,7 +8,6 @@ from conftest import File, Link
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
-from mirror.run import copyfile
 from mirror.run.apply import Applier
 
 
@@ -45,18 +44,18 @@ def test_a_folder_swapped_for_a_link_mid_run_cannot_redirect_writes(make_tree):
     assert os.listdir(outside) == []
 
 
-def test_temporary_files_are_private_while_written(make_tree, monkeypatch):
+def test_temporary_files_are_private_while_written(make_tree):
     src = make_tree({"secret": File(b"s" * 1000, mode=0o644)})
     dst = make_tree({})
     seen = []
-    real_copy = copyfile.copy_bytes
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    real_copy = applier.copy_bytes
 
     def spy(src_fd, dst_fd, size, on_bytes):
         seen.append(stat.S_IMODE(os.fstat(dst_fd).st_mode))
         return real_copy(src_fd, dst_fd, size, on_bytes)
 
-    monkeypatch.setattr(copyfile, "copy_bytes", spy)
-    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    applier.copy_bytes = spy
     entry = entry_from_stat(b"secret", os.lstat(src / "secret"))
     try:
         assert applier.apply(Action(Op.COPY, b"secret", Reason.MISSING, entry)).status is Status.DONE

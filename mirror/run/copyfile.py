@@ -9,14 +9,10 @@ from collections.abc import Callable
 from ..model import SourceError
 from ..paths import temp_name
 from ..plan.compare import wanted_perms
+from .fastcopy import CopyBytes, OnBytes
 
-CHUNK = 8 << 20
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# copy_file_range refuses some pairs of filesystems or file kinds; a plain loop always works.
-NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
-
-OnBytes = Callable[[int], None]
 
 
 class SourceChanged(SourceError):
@@ -36,33 +32,6 @@ def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_res
     return fd, st
 
 
-def copy_bytes(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
-    """Copy up to `size` bytes (fewer if the file shrank); the caller checks for changes."""
-    copied = 0
-    use_copy_range = True
-    while copied < size:
-        count = min(CHUNK, size - copied)
-        if use_copy_range:
-            try:
-                done = os.copy_file_range(src_fd, dst_fd, count)
-            except OSError as error:
-                if error.errno not in NO_COPY_RANGE or copied:
-                    raise
-                use_copy_range = False
-                continue
-        else:
-            data = os.read(src_fd, count)
-            done = len(data)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(dst_fd, view):]
-        if done == 0:
-            break
-        copied += done
-        on_bytes(done)
-    return copied
-
-
 def set_meta(fd: int, st: os.stat_result, owner: bool) -> None:
     """Owner first (chown clears setuid), then permissions, then times, all on the descriptor."""
     if owner:
@@ -77,7 +46,7 @@ def unchanged(before: os.stat_result, after: os.stat_result) -> bool:
 
 
 def write_temp(src_fd: int, st: os.stat_result, dst_dir_fd: int, tmp: bytes,
-               owner: bool, on_bytes: OnBytes) -> bool:
+               owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes) -> bool:
     """Write SRC's bytes and metadata to `tmp`; False (and no tmp left) if SRC changed meanwhile."""
     out = os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dst_dir_fd)
     try:
@@ -98,7 +67,7 @@ def write_temp(src_fd: int, st: os.stat_result, dst_dir_fd: int, tmp: bytes,
 
 
 def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner: bool,
-              on_bytes: OnBytes, place: Callable[[bytes], None]) -> int:
+              copy_bytes: CopyBytes, on_bytes: OnBytes, place: Callable[[bytes], None]) -> int:
     """Copy SRC's `name` into a temporary file, then `place(tmp)` renames it over DST's name.
 
     The temporary file is removed on every failure, so DST's old version stays whole. A file
@@ -108,7 +77,7 @@ def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner:
     src_fd, st = open_source(src_dir_fd, name, path)
     try:
         tmp = temp_name()
-        if not write_temp(src_fd, st, dst_dir_fd, tmp, owner, on_bytes):
+        if not write_temp(src_fd, st, dst_dir_fd, tmp, owner, copy_bytes, on_bytes):
             raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
     finally:
         os.close(src_fd)
