@@ -34,8 +34,8 @@ def summarize(report: Report) -> str:
     """A paragraph: what was copied, skipped, failed and deleted, how much, how fast."""
     if report.mode is Mode.CHECK:
         verdict = "identical" if not report.differences else plural(len(report.differences), "difference")
-        checked = plural(report.files_skipped + len(report.differences), "entry", "entries")
-        return _tail(report, f"Checked {checked}: {verdict}")
+        same = plural(report.files_skipped, "file")
+        return _tail(report, f"Compared SRC and DST: {verdict} ({same} equal) in {report.elapsed_s:.2f} s")
     rate = report.bytes_copied / report.elapsed_s if report.elapsed_s > 0 else 0
     verb = "Would copy" if report.dry_run else "Copied"
     parts = [f"{verb} {plural(report.files_copied, 'file')} ({size(report.bytes_copied)})",
