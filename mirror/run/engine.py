@@ -78,10 +78,8 @@ class PoolEngine:
 
     def receive(self, timeout: float) -> list[WorkerReport]:
         reports = []
-        try:
+        try:  # one message a call: asking again only to hear "empty" would cost a round trip
             reports.append(self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait())
-            while True:
-                reports.append(self.queue.get_nowait())
         except queues.Empty:
             pass
         except (EOFError, ConnectionError) as error:
@@ -135,7 +133,7 @@ class PoolEngine:
         """Remove what dead workers were writing, in the folders of their tasks."""
         folders = set()
         for task in self.lost.values():
-            folders.update([task.src.path] if isinstance(task, FolderTask)
+            folders.update([folder.src.path for folder in task.folders] if isinstance(task, FolderTask)
                            else (split(action.path)[0] for action in task.actions))
         cache = DirCache(self.dst_root)
         try:
@@ -167,5 +165,6 @@ def failed_report(task: Task) -> WorkerReport:
     error = OSError(errno.EIO, WORKER_DIED)
     if isinstance(task, Batch):
         return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
-    problem = Problem(task.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
-    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), (problem,), 0, 0, 0))
+    problems = tuple(Problem(folder.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
+                     for folder in task.folders)
+    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), problems, 0, 0, 0))

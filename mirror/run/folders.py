@@ -1,4 +1,4 @@
-"""A folder task: plan one folder from both complete listings and do its small work at once."""
+"""Folder tasks: plan folders from both complete listings and do their small work at once."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -11,24 +11,27 @@ from ..plan.march import LinkedFile, Planner
 BIG_FILE = 16 << 20       # copied as a task of its own, so big files spread over workers
 INLINE_COPIES = 512       # past this, a huge flat folder's files are handed back for batching
 NOW = frozenset({Op.CLEANUP, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
-EMPTY = ((), (), (), (), (), 0, 0, 0)
-
-Subfolder = tuple  # (src Entry, dst Entry | None, the MKDIR action that creates it | None)
 
 
-class FolderTask(NamedTuple):
-    id: int
+class Folder(NamedTuple):
     src: Entry
     dst: Entry | None       # None when DST has no folder there (yet)
-    create: Action | None   # the folder's own MKDIR: done first, by this task, so folders are
+    create: Action | None   # its MKDIR: done by the folder's own task, so that folders are
                             # created in parallel rather than one after another by their parent
 
 
-class FolderResult(NamedTuple):
-    """What the master needs after a folder: where to go next and what must wait for the end."""
+class FolderTask(NamedTuple):
+    """One or a few folders for one worker (small folders travel together: fewer round trips)."""
 
-    subfolders: tuple[Subfolder, ...]
-    later: tuple[Action, ...]          # deletions and folder metadata: applied by the master, last
+    id: int
+    folders: tuple[Folder, ...]
+
+
+class FolderResult(NamedTuple):
+    """What the master needs after a task: where to go next and what must wait for the end."""
+
+    subfolders: tuple[Folder, ...]
+    later: tuple[Action, ...]          # deletions and folder metadata: after all copying
     handoff: tuple[Action, ...]        # big files and the excess of huge folders: batched by the master
     linked: tuple[LinkedFile, ...]     # -H candidates: decided by the master, which sees every path
     problems: tuple[Problem, ...]
@@ -37,40 +40,62 @@ class FolderResult(NamedTuple):
     nbytes: int
 
 
-def run_folder(task: FolderTask, planner: Planner, apply: Callable[[Action], Outcome],
-               finished: Callable[[Outcome], None]) -> FolderResult:
+class Findings:
+    """A task's result as it grows, folder by folder."""
+
+    def __init__(self) -> None:
+        self.subfolders: list[Folder] = []
+        self.later: list[Action] = []
+        self.handoff: list[Action] = []
+        self.linked: list[LinkedFile] = []
+        self.problems: list[Problem] = []
+        self.skipped = self.files = self.nbytes = 0
+
+    def result(self) -> FolderResult:
+        return FolderResult(tuple(self.subfolders), tuple(self.later), tuple(self.handoff),
+                            tuple(self.linked), tuple(self.problems), self.skipped, self.files,
+                            self.nbytes)
+
+
+def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Outcome],
+                finished: Callable[[Outcome], None]) -> FolderResult:
+    findings = Findings()
+    for folder in task.folders:
+        run_folder(folder, planner, apply, finished, findings)
+    return findings.result()
+
+
+def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outcome],
+               finished: Callable[[Outcome], None], found: Findings) -> None:
     """Create the folder if it needs it, march it, and do its small work at once."""
-    if task.create is not None:
-        outcome = apply(task.create)
+    if folder.create is not None:
+        outcome = apply(folder.create)
         finished(outcome)
         if outcome.status is not Status.DONE:
-            return FolderResult(*EMPTY)  # its contents would all fail the same way
+            return  # its contents would all fail the same way
     subfolders: list[tuple[Entry, Entry | None]] = []
     creates: dict[bytes, Action] = {}
-    later, handoff, linked, problems = [], [], [], []
-    skipped = files = nbytes = inline_copies = 0
-    for item in planner.march_folder(task.src, task.dst, subfolders):
+    inline_copies = 0
+    for item in planner.march_folder(folder.src, folder.dst, subfolders):
         if item is UNCHANGED_FILE:
-            skipped += 1
+            found.skipped += 1
         elif isinstance(item, Problem):
-            problems.append(item)
+            found.problems.append(item)
         elif isinstance(item, LinkedFile):
-            linked.append(item)
+            found.linked.append(item)
         elif item.op is Op.SKIP:
-            skipped += item.src is not None and item.src.kind is Kind.FILE
+            found.skipped += item.src is not None and item.src.kind is Kind.FILE
         elif item.op is Op.MKDIR:
             creates[item.path] = item
         elif item.op in NOW:
             if item.op is Op.COPY:
-                files += 1
-                nbytes += item.size
+                found.files += 1
+                found.nbytes += item.size
                 inline_copies += 1
                 if item.size >= BIG_FILE or inline_copies > INLINE_COPIES:
-                    handoff.append(item)
+                    found.handoff.append(item)
                     continue
             finished(apply(item))
         else:
-            later.append(item)
-    return FolderResult(tuple((src, dst, creates.get(src.path)) for src, dst in subfolders),
-                        tuple(later), tuple(handoff), tuple(linked), tuple(problems),
-                        skipped, files, nbytes)
+            found.later.append(item)
+    found.subfolders.extend(Folder(src, dst, creates.get(src.path)) for src, dst in subfolders)

@@ -18,11 +18,12 @@ from ..plan.scan import stat_root
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure
 from .events import Batch, Discovered, Event, Finished, Noticed, Progress, ScanDone, WorkerReport
-from .folders import BIG_FILE, FolderResult, FolderTask
+from .folders import BIG_FILE, Folder, FolderResult, FolderTask
 
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
 PENDING_PER_JOB = 4         # bounds memory and keeps every worker fed
+FOLDERS_PER_TASK = 16
 RETRIED = frozenset({Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
 RETRY_PAUSE_S = 0.25        # doubled at each round
 
@@ -45,7 +46,7 @@ class Runner:
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, options.jobs, options.dry_run)
         self.planner = Planner(src_root, dst_root, mode, options)  # -H decisions, in one place
-        self.folders: list[tuple[Entry, Entry | None, Action | None]] = []
+        self.folders: list[Folder] = []
         self.batches: deque[list[Action]] = deque()
         self.folders_pending = 0
         self.tasks = 0
@@ -86,7 +87,7 @@ class Runner:
             dst_top: Entry | None = stat_root(self.dst_root)
         except FileNotFoundError:
             dst_top = None  # a dry run into a DST that does not exist yet
-        self.folders.append((stat_root(self.src_root), dst_top, None))
+        self.folders.append(Folder(stat_root(self.src_root), dst_top, None))
         self.drain()
         for attempt in range(1, self.options.retries + 1):
             if not self.retry:
@@ -105,8 +106,7 @@ class Runner:
             while self.batches and self.engine.pending < limit:
                 self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
             while self.folders and self.engine.pending < limit:
-                self.submit(FolderTask(self.tasks, *self.folders.pop()))
-                self.folders_pending += 1
+                self.submit_folders()
             if not self.folders and not self.folders_pending:
                 self.end_scan()
             if self.engine.pending:
@@ -119,6 +119,14 @@ class Runner:
         if self.scanning:
             self.scanning = False
             self.on_event(ScanDone(self.planned_files, self.planned_bytes))
+
+    def submit_folders(self) -> None:
+        """A few folders a task when many wait, so that every worker still gets a share."""
+        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (2 * self.options.jobs)))
+        folders = tuple(self.folders[-count:])
+        del self.folders[-count:]
+        self.submit(FolderTask(self.tasks, folders[::-1]))
+        self.folders_pending += 1
 
     def submit(self, task) -> None:
         self.engine.submit(task)

@@ -10,7 +10,7 @@ from ..options import Options
 from ..plan.march import Planner
 from .apply import Applier
 from .events import Batch, WorkerReport
-from .folders import FolderTask, run_folder
+from .folders import FolderTask, run_folders
 
 REPORT_EVERY_S = 0.1
 PR_SET_PDEATHSIG = 1
@@ -95,7 +95,7 @@ def run_task(task: Batch | FolderTask) -> int:
     _slots[_slot + 1] = task.id  # the master's watchdog reads this if we die
     result = None
     if isinstance(task, FolderTask):
-        result = run_folder(task, _planner, _applier.apply, _finish)
+        result = run_folders(task, _planner, _applier.apply, _finish)
     else:
         for action in task.actions:
             _finish(_applier.apply(action))
