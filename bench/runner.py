@@ -142,6 +142,10 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
         os.killpg(process.pid, 9)
         process.communicate()
         return -9, f"timed out after {TIMEOUT:.0f} s (BENCH_TIMEOUT), killed"
+    except BaseException:                      # Ctrl-C / SIGTERM: leave no copier behind
+        os.killpg(process.pid, 9)
+        process.wait()
+        raise
     if process.returncode == 0:
         return 0, ""
     tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-3:]
