@@ -128,3 +128,19 @@ def test_paths_longer_than_path_max_and_255_byte_names(tmp_path):
     finally:
         remove_long_tree(src)
         remove_long_tree(dst)
+
+
+def test_making_a_folder_that_is_already_there_succeeds(make_tree):
+    """A folder task run again (its worker died) finds its folder made: that is not an error."""
+    src = make_tree({"sub/f": b"x"})
+    dst = make_tree({})
+    os.mkdir(dst / "sub")
+    entry = entry_from_stat(b"sub", os.lstat(src / "sub"))
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    try:
+        assert applier.apply(Action(Op.MKDIR, b"sub", Reason.MISSING, entry)).status is Status.DONE
+        (dst / "file").write_bytes(b"a file is in the way")
+        file_entry = entry_from_stat(b"file", os.lstat(src / "sub"))
+        assert applier.apply(Action(Op.MKDIR, b"file", Reason.MISSING, file_entry)).status is Status.FAILED
+    finally:
+        applier.close()

@@ -131,7 +131,12 @@ class Applier:
         if action.dst is not None:  # a type change: a file or link stands where a folder goes
             os.unlink(name, dir_fd=dir_fd)
         # Created private and writable; its own permissions come after its contents.
-        os.mkdir(name, 0o700, dir_fd=dir_fd)
+        try:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            # A task run again after its worker died finds its folder made: that is success.
+            if not stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                raise
         return 0
 
     def set_meta(self, action: Action) -> int:
