@@ -191,3 +191,27 @@ def test_signals_stop_cleanly(tmp_path, signum, code):
     assert not (dst / "huge").exists()
     time.sleep(0.2)
     assert mirror_processes(str(dst)) == []
+
+
+def test_sync_from_an_empty_source_is_refused_unless_allowed(make_tree, tmp_path):
+    empty = tmp_path / "unmounted"
+    empty.mkdir()
+    dst = make_tree({"precious/data": b"d"})
+
+    refused = run_mirror("sync", empty, dst)
+    assert refused.returncode == 2 and "--allow-empty-src" in refused.stderr
+    assert (dst / "precious/data").exists()
+
+    allowed = run_mirror("sync", empty, dst, "--allow-empty-src")
+    assert allowed.returncode == 0 and os.listdir(dst) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder; covered where tests run unprivileged")
+def test_unreadable_source_exits_2(make_tree, tmp_path):
+    src = make_tree({"a": b"1"})
+    os.chmod(src, 0)
+    try:
+        result = run_mirror("copy", src, tmp_path / "dst")
+    finally:
+        os.chmod(src, 0o755)
+    assert result.returncode == 2 and "permission denied" in result.stderr.lower()
