@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import errno
 import multiprocessing
-import os
 import multiprocessing.pool
+import os
+import pickle
 import queue as queues
 from multiprocessing.managers import SyncManager
 from typing import Protocol
@@ -79,7 +80,8 @@ class PoolEngine:
     def receive(self, timeout: float) -> list[WorkerReport]:
         reports = []
         try:  # one message a call: asking again only to hear "empty" would cost a round trip
-            reports.append(self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait())
+            message = self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+            reports.append(pickle.loads(message))
         except queues.Empty:
             pass
         except (EOFError, ConnectionError) as error:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import time
 
-from ..model import Mode, Outcome, Status
+from ..model import Action, Mode, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
 from .apply import Applier
@@ -75,7 +76,9 @@ def _count_bytes(nbytes: int) -> None:
 
 def _finish(outcome: Outcome) -> None:
     if outcome.status is Status.DONE:  # light: a failure keeps its whole action, to be retried
-        outcome = outcome._replace(action=outcome.action._replace(src=None, dst=None))
+        action = outcome.action
+        outcome = Outcome(Action(action.op, action.path, action.reason), Status.DONE,
+                          outcome.nbytes, None, outcome.deleted)
     _finished.append(outcome)
     if time.monotonic() - _last_report >= REPORT_EVERY_S:
         _report(final=False)
@@ -83,7 +86,10 @@ def _finish(outcome: Outcome) -> None:
 
 def _report(final: bool, result: object = None) -> None:
     global _unreported_bytes, _last_report
-    _queue.put(WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result))
+    # Pickled here, once: the manager then only stores bytes instead of unpickling and
+    # pickling every outcome again on its way to the master.
+    report = WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result)
+    _queue.put(pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
     _finished.clear()
     _unreported_bytes, _last_report = 0, time.monotonic()
 
