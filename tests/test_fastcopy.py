@@ -5,12 +5,13 @@ import os
 
 import pytest
 
-from mirror.run.fastcopy import BUFFER, Copier, copy_loop, copy_range, filesystem_type
+from mirror.run.fastcopy import (BUFFER, Copier, copy_local, copy_loop, copy_range, copy_sendfile,
+                                  filesystem_type)
 
 SIZES = [0, 1, 4095, BUFFER, BUFFER + 1, 3 * BUFFER + 17, (9 << 20) + 5]
 
 
-@pytest.mark.parametrize("method", [copy_loop, copy_range])
+@pytest.mark.parametrize("method", [copy_local, copy_loop, copy_range, copy_sendfile])
 @pytest.mark.parametrize("size", SIZES)
 def test_each_method_copies_exactly(tmp_path, method, size):
     data = os.urandom(size)

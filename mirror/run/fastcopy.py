@@ -1,9 +1,10 @@
-"""Move a file's bytes the fastest way its filesystems allow: clone, copy_file_range, or read/write.
+"""Move a file's bytes the fastest way its filesystems allow: clone, copy_file_range, sendfile.
 
 Like shutil's fast-copy ladder, chosen once per destination filesystem: a reflink clone where
 the filesystem has one (btrfs, XFS), copy_file_range where the copy can stay in the kernel or
-on the server (NFS 4.2, SMB), and a plain read/write loop on local filesystems such as ext4,
-where it measured faster than copy_file_range (4.4 against 3.3-3.8 GiB/s).
+on the server (NFS 4.2, SMB), and on local filesystems such as ext4 one read and one write for
+a small file, sendfile for a big one (measured here on 512 MiB files: sendfile 1.1-1.3 GiB/s,
+copy_file_range 0.8-1.2, a 1 MiB read/write loop 0.7, with or without posix_fallocate first).
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import io
 import os
 from collections.abc import Callable
 
-CHUNK = 8 << 20           # copy_file_range: bytes per call (progress is reported between calls)
+CHUNK = 8 << 20           # bytes per copy_file_range or sendfile call (progress in between)
 BUFFER = 1 << 20          # read/write loop
-PREALLOCATE = 8 << 20     # files this big get their blocks reserved first
 FICLONE = 0x40049409
 CLONE_FS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2"})
 LOOP_FS = frozenset({"ext2", "ext3", "ext4", "tmpfs", "f2fs", "vfat", "exfat"})
@@ -64,21 +64,15 @@ class Copier:
                 if error.errno not in UNSUPPORTED:
                     raise
                 self.clone = False
-        if size >= PREALLOCATE:
-            try:
-                os.posix_fallocate(dst_fd, 0, size)
-            except OSError as error:
-                if error.errno not in UNSUPPORTED:
-                    raise
         if self.loop:
-            return copy_loop(src_fd, dst_fd, size, on_bytes)
+            return copy_local(src_fd, dst_fd, size, on_bytes)
         try:
             return copy_range(src_fd, dst_fd, size, on_bytes)
         except OSError as error:
             if error.errno not in UNSUPPORTED or os.lseek(dst_fd, 0, os.SEEK_CUR):
                 raise
             self.loop = True  # this pair of filesystems has no copy_file_range
-            return copy_loop(src_fd, dst_fd, size, on_bytes)
+            return copy_local(src_fd, dst_fd, size, on_bytes)
 
 
 def copy_range(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
@@ -92,12 +86,32 @@ def copy_range(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
     return copied
 
 
-def copy_loop(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
     if size <= BUFFER:  # most files: one read, one write
         data = os.read(src_fd, size)
         write_all(dst_fd, data)
         on_bytes(len(data))
         return len(data)
+    try:
+        return copy_sendfile(src_fd, dst_fd, size, on_bytes)
+    except OSError as error:
+        if error.errno not in UNSUPPORTED or os.lseek(dst_fd, 0, os.SEEK_CUR):
+            raise
+        return copy_loop(src_fd, dst_fd, size, on_bytes)
+
+
+def copy_sendfile(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+    copied = 0
+    while copied < size:
+        done = os.sendfile(dst_fd, src_fd, copied, min(CHUNK, size - copied))
+        if done == 0:
+            break
+        copied += done
+        on_bytes(done)
+    return copied
+
+
+def copy_loop(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
     copied = 0
     view = memoryview(_buffer)
     with io.FileIO(src_fd, closefd=False) as stream:
