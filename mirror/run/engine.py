@@ -7,6 +7,7 @@ import multiprocessing.pool
 import os
 import pickle
 import queue as queues
+import time
 from multiprocessing.managers import SyncManager
 from typing import Protocol
 
@@ -113,6 +114,9 @@ class PoolEngine:
             self.slots[2 * slot] = 0
             if task_id not in self.results:
                 continue
+            # The Pool waits for a lost task forever (close/join would hang, and terminate can
+            # block on a queue lock the dead worker held): mark its old result as settled.
+            self.results[task_id]._set(0, (True, None))
             task = self.tasks[task_id]
             if task_id not in self.rerun:
                 self.rerun.add(task_id)
@@ -123,13 +127,23 @@ class PoolEngine:
         return reports
 
     def close(self) -> None:
+        self.pool.close()
         if self.rerun:
-            # A lost task's first try stays in the Pool's books forever; join() would wait for it.
-            self.pool.terminate()
+            self.stop_after_lost_workers()
         else:
-            self.pool.close()
             self.pool.join()
         self._release()
+
+    def stop_after_lost_workers(self) -> None:
+        """After a worker died the Pool's own shutdown can block on a lock the dead worker
+        held; every task is done, so the idle workers are stopped directly instead."""
+        deadline = time.monotonic() + 5
+        for process in list(self.pool._pool):
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.exitcode is None:
+                process.kill()
+                process.join(1)
+        self.pool._terminate.cancel()  # the exit-time finalizer would block the same way
 
     def sweep_temp_files(self) -> None:
         """Remove what dead workers were writing, in the folders of their tasks."""
