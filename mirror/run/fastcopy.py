@@ -76,9 +76,18 @@ class Copier:
 
 
 def copy_range(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+    return copy_chunks(lambda offset, count: os.copy_file_range(src_fd, dst_fd, count), size, on_bytes)
+
+
+def copy_sendfile(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+    return copy_chunks(lambda offset, count: os.sendfile(dst_fd, src_fd, offset, count), size, on_bytes)
+
+
+def copy_chunks(copy: Callable[[int, int], int], size: int, on_bytes: OnBytes) -> int:
+    """Call copy(offset, count) in CHUNK-sized steps until size bytes or the end of the file."""
     copied = 0
     while copied < size:
-        done = os.copy_file_range(src_fd, dst_fd, min(CHUNK, size - copied))
+        done = copy(copied, min(CHUNK, size - copied))
         if done == 0:
             break
         copied += done
@@ -98,17 +107,6 @@ def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
         if error.errno not in UNSUPPORTED or os.lseek(dst_fd, 0, os.SEEK_CUR):
             raise
         return copy_loop(src_fd, dst_fd, size, on_bytes)
-
-
-def copy_sendfile(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
-    copied = 0
-    while copied < size:
-        done = os.sendfile(dst_fd, src_fd, copied, min(CHUNK, size - copied))
-        if done == 0:
-            break
-        copied += done
-        on_bytes(done)
-    return copied
 
 
 def copy_loop(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
