@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import file_size_limit, run_mirror, snapshot, temp_files
+from conftest import run_mirror, snapshot, temp_files
 
 JSON_KEYS = {"files_copied", "files_skipped", "files_failed", "bytes_copied", "dirs_created",
              "links_created", "deleted", "errors", "warnings", "elapsed_s", "jobs", "dry_run"}

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import run_mirror, snapshot, temp_files
-from mirror import Options, copy_tree, sync_tree
+from mirror import Options, copy_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
 from mirror.report import Report

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from conftest import Dir, Link, file_size_limit, snapshot, temp_files
-from mirror import Options, check_tree, copy_tree, sync_tree
+from mirror import Options, copy_tree, sync_tree
 
 ONE_JOB = Options(jobs=1)
 

@@ -47,13 +47,16 @@ class Planner:
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
 
-    def plan(self) -> Iterator[Planned]:
-        src_top = stat_root(self.src_root)
+    def tops(self) -> tuple[Entry, Entry | None]:
+        """The two roots as entries; DST's is None in a dry run into a DST not made yet."""
         try:
             dst_top: Entry | None = stat_root(self.dst_root)
         except FileNotFoundError:
-            dst_top = None  # a dry run into a DST that does not exist yet
-        stack: list[tuple[Entry, Entry | None]] = [(src_top, dst_top)]
+            dst_top = None
+        return stat_root(self.src_root), dst_top
+
+    def plan(self) -> Iterator[Planned]:
+        stack: list[tuple[Entry, Entry | None]] = [self.tops()]
         try:
             while stack:
                 src_dir, dst_dir = stack.pop()
@@ -151,8 +154,8 @@ class Planner:
         if self.mode is Mode.COPY or self.filter.excludes(dst.path, dst.kind is Kind.DIR):
             return
         try:
-            for entry in walk_post_order(self.dst_folders, dst):
-                yield Action(Op.DELETE, entry.path, Reason.EXTRA, None, entry)
+            for extra in walk_post_order(self.dst_folders, dst):
+                yield Action(Op.DELETE, extra.path, Reason.EXTRA, None, extra)
         except OSError as error:
             yield Problem(dst.path, Severity.ERROR, "cannot list folder to delete it", error)
 

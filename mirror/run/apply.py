@@ -23,6 +23,7 @@ class Applier:
         self.src_root, self.dst_root = src_root, dst_root
         self.src = DirCache(src_root)
         self.dst = DirCache(dst_root)
+        self.links = DirCache(dst_root)  # where -H finds the first copy, kept open like the others
         self.options = options
         self.owner = bool(options.owner)
         self.replace_folders = mode is Mode.SYNC
@@ -51,6 +52,7 @@ class Applier:
     def close(self) -> None:
         self.src.close()
         self.dst.close()
+        self.links.close()
 
     def copy(self, action: Action) -> int:
         parent, name = split(action.path)
@@ -117,13 +119,9 @@ class Applier:
 
     def hardlink(self, action: Action) -> int:
         first_parent, first_name = split(action.link_to)
-        links = DirCache(self.dst_root)
-        try:
-            first_fd = links.get(first_parent)
-            return self.create(action, lambda tmp, fd: os.link(
-                first_name, tmp, src_dir_fd=first_fd, dst_dir_fd=fd, follow_symlinks=False))
-        finally:
-            links.close()
+        first_fd = self.links.get(first_parent)
+        return self.create(action, lambda tmp, fd: os.link(
+            first_name, tmp, src_dir_fd=first_fd, dst_dir_fd=fd, follow_symlinks=False))
 
     def mkdir(self, action: Action) -> int:
         parent, name = split(action.path)

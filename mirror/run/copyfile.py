@@ -16,7 +16,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 
 
 class SourceChanged(SourceError):
-    """SRC's file kept changing while it was copied, through every retry."""
+    """SRC's file changed while it was copied; the runner tries it again (--retries)."""
 
 
 def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_result]:

@@ -9,12 +9,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import Action, Entry, Mode, Op, Outcome, Problem, Status
+from ..model import Action, Mode, Op, Outcome, Problem, Status
 from ..options import Options
 from ..paths import depth
 from ..plan.compare import UNCHANGED_FILE
 from ..plan.march import Planner, plan
-from ..plan.scan import stat_root
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure
 from .events import Batch, Discovered, Event, Finished, Noticed, Progress, ScanDone, WorkerReport
@@ -83,11 +82,7 @@ class Runner:
         return self.report
 
     def copy_phase(self) -> None:
-        try:
-            dst_top: Entry | None = stat_root(self.dst_root)
-        except FileNotFoundError:
-            dst_top = None  # a dry run into a DST that does not exist yet
-        self.folders.append(Folder(stat_root(self.src_root), dst_top, None))
+        self.folders.append(Folder(*self.planner.tops(), None))
         self.drain()
         for attempt in range(1, self.options.retries + 1):
             if not self.retry:
