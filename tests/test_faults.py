@@ -1,6 +1,7 @@
 """Faults injected into real runs: kill -9, dead workers, a dead manager, full disks, races."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import time
 import pytest
 
 from conftest import build, needs_root, run_mirror, snapshot, temp_files
+from mirror.run.engine import stop_processes
 
 SMALL_TREE = {**{f"d{i % 20}/f{i}": os.urandom(1 + i % 4000) for i in range(600)},
               **{f"big/b{i}": os.urandom(2 << 20) for i in range(3)}}
@@ -118,6 +120,38 @@ def test_a_killed_worker_does_not_hang_the_run(tmp_path):
     assert process.returncode == 0, stderr  # the lost task ran again
     assert snapshot(dst) == snapshot(src)
     assert temp_files(dst) == []
+
+
+@pytest.mark.parametrize("then", ["finish", "interrupt"])
+def test_killed_idle_workers_do_not_hang_the_run(tmp_path, then):
+    """An idle worker waits for tasks holding the Pool's task-queue lock: killed there, it
+    would leave every other worker, and the Pool's own shutdown, waiting for it forever."""
+    src = sparse_source(tmp_path, 1 << 30)
+    dst = tmp_path / "dst"
+    process = start("copy", src, dst, "-j", "3")
+    wait_for_temp(dst)
+    deadline = time.monotonic() + 30
+    while not (busy := holders_of_temp(dst)) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    manager, *workers = [pid for _, pid in children(process.pid)]  # the manager starts first
+    idle = [pid for pid in workers if pid not in busy]
+    assert len(busy) == 1 and len(idle) == 2, (manager, workers, busy)
+    for pid in idle:
+        os.kill(pid, signal.SIGKILL)
+    if then == "interrupt":
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert "Traceback" not in stderr
+    assert temp_files(dst) == []
+    if then == "finish":
+        assert process.returncode == 0, stderr  # the folder's metadata still needed a worker
+        assert snapshot(dst) == snapshot(src)
+    else:
+        assert process.returncode == 130, stderr
+        assert not (dst / "huge").exists()
 
 
 def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
@@ -281,3 +315,39 @@ def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
     finished = Counter(e.outcome.action.path for e in events if isinstance(e, Finished))
     assert finished[b"growing"] == 1 and set(finished.values()) == {1}
     assert (dst / "growing").read_bytes() == (src / "growing").read_bytes()
+
+
+def swallow_first_sigterm(ready) -> None:
+    """Like a worker whose SIGTERM landed just before it blocked: only the next one counts."""
+    received = 0
+
+    def on_sigterm(signum, frame):
+        nonlocal received
+        received += 1
+        if received > 1:
+            raise SystemExit(0)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    ready.set()
+    while True:
+        time.sleep(1)
+
+
+def deaf_to_sigterm(ready) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    while True:
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("target, killed, exitcode", [(swallow_first_sigterm, False, 0),
+                                                       (deaf_to_sigterm, True, -signal.SIGKILL)])
+def test_stopping_workers_repeats_sigterm_then_kills(target, killed, exitcode):
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    process = context.Process(target=target, args=(ready,))
+    process.start()
+    assert ready.wait(10)
+
+    assert stop_processes([process], grace_s=2.0) is killed
+
+    assert process.exitcode == exitcode

@@ -7,7 +7,9 @@ import multiprocessing.pool
 import os
 import pickle
 import queue as queues
+import signal
 import time
+from multiprocessing.connection import wait
 from multiprocessing.managers import SyncManager
 from typing import Protocol
 
@@ -22,6 +24,9 @@ from .folders import FolderResult, FolderTask
 Task = Batch | FolderTask
 SLOTS = 4096   # one (pid, task id) pair per worker process started, replacements included
 WORKER_DIED = "a worker process died while doing this"
+STUCK_S = 1.0        # no report for this long after a worker died: look for a lock it held
+CLOSE_WAIT_S = 5.0   # idle workers leave on their own well within this
+STOP_GRACE_S = 5.0   # then SIGTERM, repeated; SIGKILL after this
 
 
 class EngineFailure(Exception):
@@ -68,6 +73,8 @@ class PoolEngine:
         self.tasks: dict[int, Task] = {}
         self.rerun: set[int] = set()
         self.lost: dict[int, Task] = {}
+        self.deaths = 0
+        self.last_news = time.monotonic()
         self.dst_root = dst_root
 
     def submit(self, task: Task) -> None:
@@ -90,6 +97,9 @@ class PoolEngine:
         if not reports:
             self.raise_worker_bug()
             reports = self.recover_lost_tasks()
+            self.unstick()
+        else:
+            self.last_news = time.monotonic()
         for report in reports:
             if report.final:
                 del self.results[report.task_id], self.tasks[report.task_id]
@@ -112,6 +122,7 @@ class PoolEngine:
             if not pid or pid in alive:
                 continue
             self.slots[2 * slot] = 0
+            self.deaths += 1
             if task_id not in self.results:
                 continue
             # The Pool waits for a lost task forever (close/join would hang, and terminate can
@@ -125,25 +136,6 @@ class PoolEngine:
             else:
                 reports.append(failed_report(task))
         return reports
-
-    def close(self) -> None:
-        self.pool.close()
-        if self.rerun:
-            self.stop_after_lost_workers()
-        else:
-            self.pool.join()
-        self._release()
-
-    def stop_after_lost_workers(self) -> None:
-        """After a worker died the Pool's own shutdown can block on a lock the dead worker
-        held; every task is done, so the idle workers are stopped directly instead."""
-        deadline = time.monotonic() + 5
-        for process in list(self.pool._pool):
-            process.join(max(0.0, deadline - time.monotonic()))
-            if process.exitcode is None:
-                process.kill()
-                process.join(1)
-        self.pool._terminate.cancel()  # the exit-time finalizer would block the same way
 
     def sweep_temp_files(self) -> None:
         """Remove what dead workers were writing, in the folders of their tasks."""
@@ -165,8 +157,46 @@ class PoolEngine:
             cache.close()
         self.lost.clear()
 
+    def unstick(self) -> None:
+        """A worker killed while it held one of the Pool's queue locks (an idle worker holds
+        the task queue's while it waits) would stop every other worker for good. When tasks
+        wait, no live worker runs one and nothing was heard for a while after a death, the
+        lock's holder is dead: release it for them."""
+        if not (self.deaths and self.results) or time.monotonic() - self.last_news < STUCK_S:
+            return
+        alive = {process.pid for process in self.pool._pool if process.exitcode is None}
+        used = min(self.slots_used.value, SLOTS)
+        if any(self.slots[2 * slot] in alive and self.slots[2 * slot + 1] >= 0 for slot in range(used)):
+            return  # a task is running: its worker is not stuck on a lock
+        release_locks_of_dead(self.pool)
+        self.last_news = time.monotonic()
+
+    def close(self) -> None:
+        """Let the workers finish and leave; stop them if they do not."""
+        self.pool.close()
+        self._stop_pool(CLOSE_WAIT_S)
+
     def abort(self) -> None:
-        self.pool.terminate()
+        """Stop at once: the workers remove their temporary files as they stop."""
+        self._stop_pool(0)
+
+    def _stop_pool(self, wait_s: float) -> None:
+        """Never blocks for long: Pool.terminate and Pool.join wait forever for a worker that
+        missed its SIGTERM or for a lock a dead worker held."""
+        pool = self.pool
+        pool._worker_handler.join(wait_s)  # after close() it leaves once every result is in
+        if pool._worker_handler.is_alive():
+            pool._worker_handler._state = pool._task_handler._state = multiprocessing.pool.TERMINATE
+            pool._change_notifier.put(None)
+            pool._worker_handler.join()  # no worker is started after this
+        workers = list(pool._pool)
+        wait_for_exit(workers, time.monotonic() + wait_s)
+        if stop_processes(workers, STOP_GRACE_S):
+            self.lost.update(self.tasks)  # a killed worker could not remove its temporary file
+        release_locks_of_dead(pool)
+        pool.terminate()
+        if self.lost:
+            self.sweep_temp_files()
         self._release()
 
     def _release(self) -> None:
@@ -174,6 +204,38 @@ class PoolEngine:
             self.manager.shutdown()
         except (OSError, EOFError):
             pass  # it is already gone
+
+
+def wait_for_exit(processes: list, deadline: float) -> None:
+    while (alive := [p.sentinel for p in processes if p.exitcode is None]) and time.monotonic() < deadline:
+        wait(alive, deadline - time.monotonic())
+
+
+def stop_processes(processes: list, grace_s: float) -> bool:
+    """SIGTERM, again every 0.2 s (one that lands just before a blocking call is only seen
+    at the next signal), then SIGKILL after `grace_s`; True when one had to be killed."""
+    deadline = time.monotonic() + grace_s
+    killed = False
+    while alive := [p for p in processes if p.exitcode is None]:  # exitcode reaps: the pid stays ours
+        late = time.monotonic() >= deadline
+        for process in alive:
+            try:
+                os.kill(process.pid, signal.SIGKILL if late else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        killed = killed or late
+        wait([process.sentinel for process in alive], 0.2)
+    return killed
+
+
+def release_locks_of_dead(pool: multiprocessing.pool.Pool) -> None:
+    """Release the Pool's queue locks if a dead worker holds them (nobody alive holds one
+    for more than a moment while tasks wait, or once the workers are gone)."""
+    for lock in (pool._inqueue._rlock, pool._outqueue._wlock):
+        if lock.acquire(timeout=0.2):
+            lock.release()
+        else:
+            lock.release()
 
 
 def failed_report(task: Task) -> WorkerReport:

@@ -25,6 +25,7 @@ _finished: list[Outcome] = []
 _last_report = 0.0
 _slots = None
 _slot = 0
+_stopping = False
 
 
 def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL) -> None:
@@ -47,8 +48,12 @@ def die_with(master: int, signum: int) -> None:
 
 
 def _stop(signum, frame):
-    # Raised inside whatever is running, so a half-written temporary file is removed.
-    raise SystemExit(128 + signum)
+    # Raised inside whatever is running, so a half-written temporary file is removed; the
+    # master repeats SIGTERM until we are gone, and a second one must not cut that clean-up.
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise SystemExit(128 + signum)
 
 
 def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, lock_fd: int,
