@@ -11,7 +11,7 @@ from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
 from ..plan.scan import entry_from_stat, walk_post_order
-from .copyfile import copy_file, discard
+from .copyfile import TempFiles, copy_file, discard
 from .fastcopy import Copier, OnBytes
 
 
@@ -29,6 +29,7 @@ class Applier:
         self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
         self.copy_bytes = Copier(dst_root)
+        self.temps = TempFiles()
         self.dry_run = options.dry_run
         self.deleted = 0
         self.handlers: dict[Op, Callable[[Action], int]] = {
@@ -62,7 +63,8 @@ class Applier:
             raise SourceError(error.errno, error.strerror) from None
         dst_fd = self.dst.get(parent)
         return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.copy_bytes,
-                         self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action))
+                         self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action),
+                         self.temps, action.dst is None)
 
     def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
         """Rename a finished temporary entry over `name`, clearing a folder in the way."""

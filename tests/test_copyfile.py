@@ -1,0 +1,105 @@
+"""How one file reaches its name in DST: anonymous for new files, a hidden name otherwise."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from conftest import snapshot, temp_files
+from mirror.model import Action, Mode, Op, Reason, Status
+from mirror.options import Options
+from mirror.plan.scan import entry_from_stat
+from mirror.run import copyfile
+from mirror.run.apply import Applier
+
+
+def copy_one(src, dst, name: str, while_writing=lambda: None):
+    """Copy src/name to dst/name with one Applier, calling while_writing() mid-copy."""
+    os.makedirs(dst, exist_ok=True)
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    write = applier.copy_bytes
+
+    def copy_bytes(src_fd, dst_fd, size, on_bytes):
+        while_writing()
+        return write(src_fd, dst_fd, size, on_bytes)
+    applier.copy_bytes = copy_bytes
+    rel = os.fsencode(name)
+    before = dst / name
+    old = entry_from_stat(rel, os.lstat(before)) if os.path.lexists(before) else None
+    action = Action(Op.COPY, rel, Reason.MISSING if old is None else Reason.SIZE,
+                    entry_from_stat(rel, os.lstat(src / name)), old)
+    try:
+        return applier.apply(action)
+    finally:
+        applier.close()
+
+
+def test_a_new_file_has_no_name_in_dst_until_it_is_complete(make_tree, tmp_path):
+    src = make_tree({"new": b"n" * 5000})
+    dst = tmp_path / "dst"
+    seen = []
+
+    outcome = copy_one(src, dst, "new", lambda: seen.append(sorted(os.listdir(dst))))
+
+    assert outcome.status is Status.DONE
+    assert seen == [[]]  # no temporary name: an anonymous inode, linked when complete
+    assert snapshot(dst, dir_mtimes=False) == snapshot(src, dir_mtimes=False)
+
+
+def test_a_replaced_file_is_written_under_a_hidden_name_then_renamed(make_tree, tmp_path):
+    src = make_tree({"f": b"new version"})
+    dst = make_tree({"f": b"old"})
+    seen = []
+
+    outcome = copy_one(src, dst, "f", lambda: seen.append((temp_files(dst), (dst / "f").read_bytes())))
+
+    assert outcome.status is Status.DONE
+    [(temps, during)] = seen
+    assert len(temps) == 1 and during == b"old"  # the old version stays whole until the rename
+    assert (dst / "f").read_bytes() == b"new version" and temp_files(dst) == []
+
+
+def test_a_name_taken_during_the_copy_is_replaced_atomically(make_tree, tmp_path):
+    src = make_tree({"f": b"from src"})
+    dst = tmp_path / "dst"
+
+    outcome = copy_one(src, dst, "f", lambda: (dst / "f").write_bytes(b"someone else"))
+
+    assert outcome.status is Status.DONE
+    assert (dst / "f").read_bytes() == b"from src" and temp_files(dst) == []
+
+
+def test_without_o_tmpfile_a_hidden_name_is_used(make_tree, tmp_path, monkeypatch):
+    real_open = os.open
+
+    def open_without_tmpfile(path, flags, *args, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not on this filesystem")
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(copyfile.os, "open", open_without_tmpfile)
+    src = make_tree({"a": b"a", "b": b"b"})
+    dst = tmp_path / "dst"
+    seen = []
+
+    for name in ("a", "b"):
+        assert copy_one(src, dst, name, lambda: seen.append(len(temp_files(dst)))).status is Status.DONE
+
+    assert seen == [1, 1]
+    assert sorted(os.listdir(dst)) == ["a", "b"] and (dst / "b").read_bytes() == b"b"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_write_leaves_no_trace_and_keeps_the_old_version(make_tree, tmp_path, existing):
+    src = make_tree({"f": b"new"})
+    dst = make_tree({"f": b"old"} if existing else {})
+
+    def disk_full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    outcome = copy_one(src, dst, "f", disk_full)
+
+    assert outcome.status is Status.FAILED and outcome.error.errno == errno.ENOSPC
+    assert temp_files(dst) == []
+    assert os.listdir(dst) == (["f"] if existing else [])
+    if existing:
+        assert (dst / "f").read_bytes() == b"old"
