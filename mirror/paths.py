@@ -35,10 +35,14 @@ class DirCache:
         self.root_fd = -1
         self.parts: list[bytes] = []
         self.fds: list[int] = []
+        self.last: bytes | None = None
 
     def get(self, rel: bytes) -> int:
+        if rel == self.last and self.root_fd >= 0:
+            return self.fds[-1] if self.fds else self.root_fd  # most calls: the same folder again
         if self.root_fd < 0:
             self.root_fd = os.open(self.root, DIR_FLAGS)
+        self.last = None
         parts = rel.split(b"/") if rel else []
         common = 0
         for mine, wanted in zip(self.parts, parts):
@@ -56,6 +60,7 @@ class DirCache:
                 raise OSError(error.errno, error.strerror, os.path.join(self.root, rel)) from None
             self.fds.append(fd)
             self.parts.append(part)
+        self.last = rel
         return self.fds[-1] if self.fds else self.root_fd
 
     def close(self) -> None:
@@ -63,7 +68,7 @@ class DirCache:
             os.close(fd)
         if self.root_fd >= 0:
             os.close(self.root_fd)
-        self.root_fd, self.parts, self.fds = -1, [], []
+        self.root_fd, self.parts, self.fds, self.last = -1, [], [], None
 
 
 TEMP_PREFIX = b".mirror-tmp-"

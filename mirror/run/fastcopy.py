@@ -98,7 +98,9 @@ def copy_chunks(copy: Callable[[int, int], int], size: int, on_bytes: OnBytes) -
 def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
     if size <= BUFFER:  # most files: one read, one write
         data = os.read(src_fd, size)
-        write_all(dst_fd, data)
+        written = os.write(dst_fd, data)
+        if written < len(data):  # a signal or a nearly full disk: write the rest (or fail)
+            write_all(dst_fd, memoryview(data)[written:])
         on_bytes(len(data))
         return len(data)
     try:
