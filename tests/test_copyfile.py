@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import snapshot, temp_files
+from conftest import File, needs_root, snapshot, temp_files
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.options import Options
 from mirror.plan.scan import entry_from_stat
@@ -103,3 +103,53 @@ def test_a_failed_write_leaves_no_trace_and_keeps_the_old_version(make_tree, tmp
     assert os.listdir(dst) == (["f"] if existing else [])
     if existing:
         assert (dst / "f").read_bytes() == b"old"
+
+
+def count_calls(monkeypatch, *names):
+    calls = {name: 0 for name in names}
+    for name in names:
+        real = getattr(os, name)
+
+        def counted(*args, real=real, name=name, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(copyfile.os, name, counted)
+    return calls
+
+
+@needs_root
+def test_a_new_file_that_gets_its_owner_and_permissions_at_creation_needs_no_fchown_or_fchmod(
+        make_tree, tmp_path, monkeypatch):
+    src = make_tree({"plain": File(b"p", mode=0o644), "group-writable": File(b"g", mode=0o664),
+                     "setuid": File(b"s", mode=0o4755), "other-owner": File(b"o", mode=0o640)})
+    os.chown(src / "other-owner", 1234, 5678)
+    dst = tmp_path / "dst"
+    old_umask = os.umask(0o022)
+    try:
+        calls = {}
+        for name in ("plain", "group-writable", "setuid", "other-owner"):
+            calls[name] = count_calls(monkeypatch, "fchown", "fchmod")
+            assert copy_one(src, dst, name).status is Status.DONE
+            monkeypatch.undo()
+    finally:
+        os.umask(old_umask)
+
+    assert calls["plain"] == {"fchown": 0, "fchmod": 0}
+    assert calls["group-writable"] == {"fchown": 0, "fchmod": 1}   # the umask took g+w away
+    assert calls["setuid"] == {"fchown": 0, "fchmod": 1}           # never set at creation
+    assert calls["other-owner"] == {"fchown": 1, "fchmod": 0}
+    assert snapshot(dst, dir_mtimes=False) == snapshot(src, dir_mtimes=False)
+
+
+@needs_root
+def test_a_setgid_destination_folder_does_not_change_the_copied_group(make_tree, tmp_path):
+    src = make_tree({"f": File(b"f", mode=0o644)})
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.chown(dst, 0, 4321)
+    os.chmod(dst, 0o2775)  # new files here get group 4321 unless mirror sets it back
+
+    assert copy_one(src, dst, "f").status is Status.DONE
+
+    assert (os.stat(dst / "f").st_uid, os.stat(dst / "f").st_gid) == (os.stat(src / "f").st_uid,
+                                                                       os.stat(src / "f").st_gid)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from conftest import File, Link
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
@@ -44,26 +46,37 @@ def test_a_folder_swapped_for_a_link_mid_run_cannot_redirect_writes(make_tree):
     assert os.listdir(outside) == []
 
 
-def test_temporary_files_are_private_while_written(make_tree):
+@pytest.mark.parametrize("replacing", [False, True])
+def test_files_being_written_are_private(make_tree, replacing):
+    """A replacement is written under a hidden name with mode 0600; a new file is an inode
+    with no name at all (nobody else can open it) until it is complete."""
     src = make_tree({"secret": File(b"s" * 1000, mode=0o644)})
-    dst = make_tree({})
+    dst = make_tree({"secret": b"old"} if replacing else {})
     seen = []
     applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
     real_copy = applier.copy_bytes
 
     def spy(src_fd, dst_fd, size, on_bytes):
-        seen.append(stat.S_IMODE(os.fstat(dst_fd).st_mode))
+        st = os.fstat(dst_fd)
+        seen.append((stat.S_IMODE(st.st_mode), st.st_nlink, len(os.listdir(dst))))
         return real_copy(src_fd, dst_fd, size, on_bytes)
 
     applier.copy_bytes = spy
     entry = entry_from_stat(b"secret", os.lstat(src / "secret"))
+    old = entry_from_stat(b"secret", os.lstat(dst / "secret")) if replacing else None
     try:
-        assert applier.apply(Action(Op.COPY, b"secret", Reason.MISSING, entry)).status is Status.DONE
+        action = Action(Op.COPY, b"secret", Reason.SIZE if replacing else Reason.MISSING, entry, old)
+        assert applier.apply(action).status is Status.DONE
     finally:
         applier.close()
 
-    assert seen == [0o600]
+    if replacing:
+        assert seen == [(0o600, 1, 2)]   # beside the old version, private
+    else:
+        [(_, links, names)] = seen
+        assert links == 0 and names == 0  # no name to open it by
     assert stat.S_IMODE(os.stat(dst / "secret").st_mode) == 0o644
+    assert (dst / "secret").read_bytes() == b"s" * 1000
 
 
 def test_setuid_is_kept_only_with_the_owner(make_tree, tmp_path):

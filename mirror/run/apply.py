@@ -30,6 +30,7 @@ class Applier:
         self.on_bytes = on_bytes
         self.copy_bytes = Copier(dst_root)
         self.temps = TempFiles()
+        self.creator_of: tuple[bytes | None, tuple[int, int] | None] = (None, None)
         self.dry_run = options.dry_run
         self.deleted = 0
         self.handlers: dict[Op, Callable[[Action], int]] = {
@@ -64,7 +65,18 @@ class Applier:
         dst_fd = self.dst.get(parent)
         return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.copy_bytes,
                          self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action),
-                         self.temps, action.dst is None)
+                         self.temps, action.dst is None, self.creator(parent, dst_fd))
+
+    def creator(self, parent: bytes, dir_fd: int) -> tuple[int, int] | None:
+        """Who owns a file created in DST's folder `parent`: us, with the folder's group if it
+        is setgid (one fstat a folder, so that most files need no fchown)."""
+        if not self.owner:
+            return None
+        if parent != self.creator_of[0]:
+            st = os.fstat(dir_fd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
+            self.creator_of = (parent, (os.geteuid(), gid))
+        return self.creator_of[1]
 
     def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
         """Rename a finished temporary entry over `name`, clearing a folder in the way."""

@@ -5,6 +5,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..model import SourceError
 from ..paths import temp_name
@@ -36,11 +37,21 @@ def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_res
     return fd, st
 
 
-def set_meta(fd: int, st: os.stat_result, owner: bool) -> None:
+class Created(NamedTuple):
+    """What a new file in DST already has: no call is spent setting it again (on a network
+    filesystem each fchown or fchmod is a round trip or two)."""
+
+    owner: tuple[int, int] | None   # (uid, gid); None when unknown
+    perms: int
+
+
+def set_meta(fd: int, st: os.stat_result, owner: bool, created: Created) -> None:
     """Owner first (chown clears setuid), then permissions, then times, all on the descriptor."""
-    if owner:
+    if owner and (st.st_uid, st.st_gid) != created.owner:
         os.fchown(fd, st.st_uid, st.st_gid)
-    os.fchmod(fd, wanted_perms(st.st_mode, owner))
+    perms = wanted_perms(st.st_mode, owner)
+    if perms != created.perms:  # created without setuid/setgid/sticky: chown cannot clear them
+        os.fchmod(fd, perms)
     os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
@@ -61,18 +72,23 @@ class TempFiles:
 
     def __init__(self) -> None:
         self.anonymous = hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD.rsplit("/", 1)[0])
+        self.umask = os.umask(0)
+        os.umask(self.umask)
 
-    def open(self, dir_fd: int, new: bool) -> tuple[int, bytes | None]:
-        """A descriptor to write to, and the temporary name (None for an anonymous file)."""
+    def open(self, dir_fd: int, new: bool, perms: int) -> tuple[int, bytes | None, int]:
+        """A descriptor to write to, the temporary name (None for an anonymous file), and the
+        permissions the file got. A named one is private (0600) while it is written; an
+        anonymous one can be opened by nobody else, so it starts with its final permissions."""
         if new and self.anonymous:
+            mode = perms & 0o777
             try:
-                return os.open(".", ANONYMOUS_FLAGS, 0o600, dir_fd=dir_fd), None
+                return os.open(".", ANONYMOUS_FLAGS, mode, dir_fd=dir_fd), None, mode & ~self.umask
             except OSError as error:
                 if error.errno not in NO_TMPFILE:
                     raise
                 self.anonymous = False
         tmp = temp_name()
-        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp
+        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600 & ~self.umask
 
 
 def link_anonymous(fd: int, dir_fd: int, name: bytes) -> bytes | None:
@@ -89,23 +105,25 @@ def link_anonymous(fd: int, dir_fd: int, name: bytes) -> bytes | None:
 
 def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner: bool,
               copy_bytes: CopyBytes, on_bytes: OnBytes, place: Callable[[bytes], None],
-              temps: TempFiles, new: bool) -> int:
+              temps: TempFiles, new: bool, creator: tuple[int, int] | None) -> int:
     """Copy SRC's `name` into a temporary file, then give it DST's name (`place(tmp)` renames
     a named one over it).
 
     The temporary file is removed on every failure, so DST's old version stays whole. A file
     that changed while it was read fails with SourceChanged (the runner retries it later):
-    DST never gets the old mtime with new bytes.
+    DST never gets the old mtime with new bytes. `creator` is who owns a file created in
+    this folder, when known.
     """
     src_fd, st = open_source(src_dir_fd, name, path)
     try:
-        out, tmp = temps.open(dst_dir_fd, new and st.st_size < NAMED_FROM)
+        out, tmp, perms = temps.open(dst_dir_fd, new and st.st_size < NAMED_FROM,
+                                     wanted_perms(st.st_mode, owner))
         try:
             try:
                 copy_bytes(src_fd, out, st.st_size, on_bytes)
                 if not unchanged(st, os.fstat(src_fd)):
                     raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
-                set_meta(out, st, owner)
+                set_meta(out, st, owner, Created(creator, perms))
                 if tmp is None:
                     tmp = link_anonymous(out, dst_dir_fd, name)
             finally:
