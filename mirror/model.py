@@ -53,6 +53,8 @@ class Entry(NamedTuple):
     nlink: int
     rdev: int = 0
     target: bytes | None = None  # symlinks only
+    ctime_ns: int = 0            # with atime_ns: so that a copy can trust the listing's lstat
+    atime_ns: int = 0
 
     @property
     def perms(self) -> int:

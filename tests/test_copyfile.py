@@ -18,12 +18,12 @@ def copy_one(src, dst, name: str, while_writing=lambda: None):
     """Copy src/name to dst/name with one Applier, calling while_writing() mid-copy."""
     os.makedirs(dst, exist_ok=True)
     applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
-    write = applier.copy_bytes
+    write = applier.files.copy_bytes
 
     def copy_bytes(src_fd, dst_fd, size, on_bytes):
         while_writing()
         return write(src_fd, dst_fd, size, on_bytes)
-    applier.copy_bytes = copy_bytes
+    applier.files.copy_bytes = copy_bytes
     rel = os.fsencode(name)
     before = dst / name
     old = entry_from_stat(rel, os.lstat(before)) if os.path.lexists(before) else None
@@ -153,3 +153,39 @@ def test_a_setgid_destination_folder_does_not_change_the_copied_group(make_tree,
 
     assert (os.stat(dst / "f").st_uid, os.stat(dst / "f").st_gid) == (os.stat(src / "f").st_uid,
                                                                        os.stat(src / "f").st_gid)
+
+
+def test_the_listing_saves_an_fstat_before_the_copy(make_tree, tmp_path, monkeypatch):
+    src = make_tree({"f": b"data"})
+    inode = os.stat(src / "f").st_ino
+    looks = []
+    real_fstat = os.fstat
+
+    def fstat(fd):
+        st = real_fstat(fd)
+        looks.append(st.st_ino == inode)
+        return st
+    monkeypatch.setattr(copyfile.os, "fstat", fstat)
+
+    assert copy_one(src, tmp_path / "dst", "f").status is Status.DONE
+
+    assert looks.count(True) == 1  # only the check after the copy
+
+
+def test_a_file_changed_since_its_listing_is_copied_as_it_is_now(make_tree, tmp_path):
+    src = make_tree({"f": b"as listed"})
+    dst = tmp_path / "dst"
+    os.makedirs(dst)
+    listed = entry_from_stat(b"f", os.lstat(src / "f"))
+    (src / "f").write_bytes(b"rewritten since, longer")
+    os.utime(src / "f", ns=(10**18, 10**18))
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    try:
+        outcome = applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed))
+    finally:
+        applier.close()
+
+    assert outcome.status is Status.DONE, outcome.error
+    assert (dst / "f").read_bytes() == b"rewritten since, longer"
+    assert os.stat(dst / "f").st_mtime_ns == 10**18
+    assert temp_files(dst) == []

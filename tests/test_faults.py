@@ -104,15 +104,21 @@ def sparse_source(tmp_path, size=3 << 30):
     return src
 
 
-def test_a_killed_worker_does_not_hang_the_run(tmp_path):
+def start_huge_copy(tmp_path, jobs: int):
+    """A copy of a 1 GiB sparse file, once a worker writes it: (process, src, dst, writers)."""
     src = sparse_source(tmp_path, 1 << 30)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", "2")
+    process = start("copy", src, dst, "-j", jobs)
     wait_for_temp(dst)
     deadline = time.monotonic() + 30
-    while not (workers := holders_of_temp(dst)) and time.monotonic() < deadline:
+    while not (writers := holders_of_temp(dst)) and time.monotonic() < deadline:
         time.sleep(0.005)  # the file may be between its creation and its opening
-    assert workers and process.pid not in workers
+    assert writers and process.pid not in writers
+    return process, src, dst, writers
+
+
+def test_a_killed_worker_does_not_hang_the_run(tmp_path):
+    process, src, dst, workers = start_huge_copy(tmp_path, 2)
     os.kill(workers[0], signal.SIGKILL)
 
     stdout, stderr = process.communicate(timeout=90)
@@ -126,13 +132,7 @@ def test_a_killed_worker_does_not_hang_the_run(tmp_path):
 def test_killed_idle_workers_do_not_hang_the_run(tmp_path, then):
     """An idle worker waits for tasks holding the Pool's task-queue lock: killed there, it
     would leave every other worker, and the Pool's own shutdown, waiting for it forever."""
-    src = sparse_source(tmp_path, 1 << 30)
-    dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", "3")
-    wait_for_temp(dst)
-    deadline = time.monotonic() + 30
-    while not (busy := holders_of_temp(dst)) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    process, src, dst, busy = start_huge_copy(tmp_path, 3)
     manager, *workers = [pid for _, pid in children(process.pid)]  # the manager starts first
     idle = [pid for pid in workers if pid not in busy]
     assert len(busy) == 1 and len(idle) == 2, (manager, workers, busy)
@@ -237,7 +237,7 @@ def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tre
     dst = make_tree({"log": b"old"})
     real_unchanged = copyfile.unchanged
     monkeypatch.setattr(copyfile, "unchanged", lambda before, after: (
-        before.st_size != 5000 and real_unchanged(before, after)))  # "log" changes at every read
+        before.size != 5000 and real_unchanged(before, after)))  # "log" changes at every read
 
     report = copy_tree(src, dst, Options(jobs=2, retries=1))
 
@@ -249,15 +249,15 @@ def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tre
 
 
 def test_a_change_during_the_copy_is_seen(tmp_path):
-    from mirror.run.copyfile import unchanged
+    from mirror.run.copyfile import Source, unchanged
     path = tmp_path / "f"
     path.write_bytes(b"12345")
-    before = os.stat(path)
+    before = Source.of_stat(os.stat(path))
     with open(path, "r+b") as stream:  # same size, rewritten in place: ctime and mtime move
         time.sleep(0.01)
         stream.write(b"54321")
     assert unchanged(before, os.stat(path)) is False
-    assert unchanged(before, before) is True
+    assert unchanged(Source.of_stat(os.stat(path)), os.stat(path)) is True
 
 
 def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
@@ -297,8 +297,9 @@ def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
     seen_once = []
 
     def changes_on_first_read(before, after):
-        """The workers fork from this process: in them, "growing" changes during its first copy."""
-        if before.st_size == 12345 and not seen_once:
+        """The workers fork from this process: in them, "growing" changes during its first
+        attempt (both its copy from the listing and the one from a fresh fstat)."""
+        if before.size == 12345 and len(seen_once) < 2:
             seen_once.append(True)
             return False
         return real_unchanged(before, after)

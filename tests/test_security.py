@@ -54,14 +54,14 @@ def test_files_being_written_are_private(make_tree, replacing):
     dst = make_tree({"secret": b"old"} if replacing else {})
     seen = []
     applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
-    real_copy = applier.copy_bytes
+    real_copy = applier.files.copy_bytes
 
     def spy(src_fd, dst_fd, size, on_bytes):
         st = os.fstat(dst_fd)
         seen.append((stat.S_IMODE(st.st_mode), st.st_nlink, len(os.listdir(dst))))
         return real_copy(src_fd, dst_fd, size, on_bytes)
 
-    applier.copy_bytes = spy
+    applier.files.copy_bytes = spy
     entry = entry_from_stat(b"secret", os.lstat(src / "secret"))
     old = entry_from_stat(b"secret", os.lstat(dst / "secret")) if replacing else None
     try:

@@ -22,6 +22,8 @@ def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None
         nlink=st.st_nlink,
         rdev=st.st_rdev,
         target=target,
+        ctime_ns=st.st_ctime_ns,
+        atime_ns=st.st_atime_ns,
     )
 
 

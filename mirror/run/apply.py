@@ -11,7 +11,7 @@ from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
 from ..plan.scan import entry_from_stat, walk_post_order
-from .copyfile import TempFiles, copy_file, discard
+from .copyfile import FileCopier, discard
 from .fastcopy import Copier, OnBytes
 
 
@@ -28,8 +28,7 @@ class Applier:
         self.owner = bool(options.owner)
         self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
-        self.copy_bytes = Copier(dst_root)
-        self.temps = TempFiles()
+        self.files = FileCopier(self.owner, Copier(dst_root), on_bytes)
         self.creator_of: tuple[bytes | None, tuple[int, int] | None] = (None, None)
         self.dry_run = options.dry_run
         self.deleted = 0
@@ -63,9 +62,9 @@ class Applier:
         except OSError as error:
             raise SourceError(error.errno, error.strerror) from None
         dst_fd = self.dst.get(parent)
-        return copy_file(src_fd, dst_fd, name, action.path, self.owner, self.copy_bytes,
-                         self.on_bytes, lambda tmp: self.place(dst_fd, tmp, name, action),
-                         self.temps, action.dst is None, self.creator(parent, dst_fd))
+        return self.files.copy(src_fd, dst_fd, name, action.path,
+                               lambda tmp: self.place(dst_fd, tmp, name, action),
+                               action.dst is None, self.creator(parent, dst_fd), action.src)
 
     def creator(self, parent: bytes, dir_fd: int) -> tuple[int, int] | None:
         """Who owns a file created in DST's folder `parent`: us, with the folder's group if it

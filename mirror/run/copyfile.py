@@ -7,7 +7,7 @@ import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..model import SourceError
+from ..model import Entry, SourceError
 from ..paths import temp_name
 from ..plan.compare import wanted_perms
 from .fastcopy import CopyBytes, OnBytes
@@ -22,6 +22,38 @@ PROC_FD = "/proc/self/fd/%d"
 
 class SourceChanged(SourceError):
     """SRC's file changed while it was copied; the runner tries it again (--retries)."""
+
+
+class Source(NamedTuple):
+    """What a copy needs to know of SRC's file before reading it."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    mode: int
+    uid: int
+    gid: int
+
+    @classmethod
+    def of_stat(cls, st: os.stat_result) -> Source:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_atime_ns, st.st_mode,
+                   st.st_uid, st.st_gid)
+
+    @classmethod
+    def of_entry(cls, entry: Entry) -> Source:
+        return cls(entry.size, entry.mtime_ns, entry.ctime_ns, entry.atime_ns, entry.mode,
+                   entry.uid, entry.gid)
+
+
+def unchanged(before: Source, after: os.stat_result) -> bool:
+    # ctime too: it moves with every write, chmod and chown, even when mtime is put back
+    return (before.size, before.mtime_ns, before.ctime_ns) == (
+        after.st_size, after.st_mtime_ns, after.st_ctime_ns) and stat.S_ISREG(after.st_mode)
+
+
+class StaleListing(SourceChanged):
+    """SRC's file changed between its listing and its copy: copied again, from a fresh fstat."""
 
 
 def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_result]:
@@ -45,19 +77,14 @@ class Created(NamedTuple):
     perms: int
 
 
-def set_meta(fd: int, st: os.stat_result, owner: bool, created: Created) -> None:
+def set_meta(fd: int, src: Source, owner: bool, created: Created) -> None:
     """Owner first (chown clears setuid), then permissions, then times, all on the descriptor."""
-    if owner and (st.st_uid, st.st_gid) != created.owner:
-        os.fchown(fd, st.st_uid, st.st_gid)
-    perms = wanted_perms(st.st_mode, owner)
+    if owner and (src.uid, src.gid) != created.owner:
+        os.fchown(fd, src.uid, src.gid)
+    perms = wanted_perms(src.mode, owner)
     if perms != created.perms:  # created without setuid/setgid/sticky: chown cannot clear them
         os.fchmod(fd, perms)
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def unchanged(before: os.stat_result, after: os.stat_result) -> bool:
-    return (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
-        after.st_size, after.st_mtime_ns, after.st_ctime_ns)
+    os.utime(fd, ns=(src.atime_ns, src.mtime_ns))
 
 
 class TempFiles:
@@ -103,40 +130,67 @@ def link_anonymous(fd: int, dir_fd: int, name: bytes) -> bytes | None:
         return tmp
 
 
-def copy_file(src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, owner: bool,
-              copy_bytes: CopyBytes, on_bytes: OnBytes, place: Callable[[bytes], None],
-              temps: TempFiles, new: bool, creator: tuple[int, int] | None) -> int:
-    """Copy SRC's `name` into a temporary file, then give it DST's name (`place(tmp)` renames
-    a named one over it).
+class FileCopier:
+    """Copies one regular file into a temporary file, then gives it DST's name."""
 
-    The temporary file is removed on every failure, so DST's old version stays whole. A file
-    that changed while it was read fails with SourceChanged (the runner retries it later):
-    DST never gets the old mtime with new bytes. `creator` is who owns a file created in
-    this folder, when known.
-    """
-    src_fd, st = open_source(src_dir_fd, name, path)
-    try:
-        out, tmp, perms = temps.open(dst_dir_fd, new and st.st_size < NAMED_FROM,
-                                     wanted_perms(st.st_mode, owner))
+    def __init__(self, owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes) -> None:
+        self.owner = owner
+        self.copy_bytes = copy_bytes
+        self.on_bytes = on_bytes
+        self.temps = TempFiles()
+
+    def copy(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
+             place: Callable[[bytes], None], new: bool, creator: tuple[int, int] | None,
+             listed: Entry | None) -> int:
+        """Copy SRC's `name`; `place(tmp)` renames a named temporary file over DST's name.
+
+        The temporary file is removed on every failure, so DST's old version stays whole. A
+        file that changed while it was read fails with SourceChanged (the runner retries it
+        later): DST never gets the old mtime with new bytes. With `listed` (the lstat of the
+        listing) no fstat is spent before the copy (a round trip on a network filesystem);
+        if the file changed since its listing, it is copied again. `creator` is who owns a
+        file created in this folder, when known.
+        """
         try:
+            return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, listed)
+        except StaleListing:
+            return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, None)
+
+    def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
+                  place: Callable[[bytes], None], new: bool, creator: tuple[int, int] | None,
+                  listed: Entry | None) -> int:
+        if listed is not None:
             try:
-                copy_bytes(src_fd, out, st.st_size, on_bytes)
-                if not unchanged(st, os.fstat(src_fd)):
-                    raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
-                set_meta(out, st, owner, Created(creator, perms))
-                if tmp is None:
-                    tmp = link_anonymous(out, dst_dir_fd, name)
-            finally:
-                os.close(out)
-            if tmp is not None:
-                place(tmp)
-        except BaseException:
-            if tmp is not None:
-                discard(tmp, dst_dir_fd)
-            raise
-    finally:
-        os.close(src_fd)
-    return st.st_size
+                src_fd = os.open(name, READ_FLAGS, dir_fd=src_dir_fd)
+            except OSError as error:
+                raise SourceError(error.errno, error.strerror, path) from None
+            src = Source.of_entry(listed)
+        else:
+            src_fd, st = open_source(src_dir_fd, name, path)
+            src = Source.of_stat(st)
+        try:
+            out, tmp, perms = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM,
+                                              wanted_perms(src.mode, self.owner))
+            try:
+                try:
+                    self.copy_bytes(src_fd, out, src.size, self.on_bytes)
+                    if not unchanged(src, os.fstat(src_fd)):
+                        changed = StaleListing if listed is not None else SourceChanged
+                        raise changed(errno.EAGAIN, "changed while it was copied", path)
+                    set_meta(out, src, self.owner, Created(creator, perms))
+                    if tmp is None:
+                        tmp = link_anonymous(out, dst_dir_fd, name)
+                finally:
+                    os.close(out)
+                if tmp is not None:
+                    place(tmp)
+            except BaseException:
+                if tmp is not None:
+                    discard(tmp, dst_dir_fd)
+                raise
+        finally:
+            os.close(src_fd)
+        return src.size
 
 
 def discard(tmp: bytes, dir_fd: int) -> None:
