@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import multiprocessing
 import multiprocessing.pool
 import os
@@ -59,16 +60,20 @@ class PoolEngine:
     def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
                  lock_fd: int = -1) -> None:
         context = multiprocessing.get_context("fork")
-        self.manager = SyncManager(ctx=context)
-        self.manager.start(worker.ignore_signals, (lock_fd, os.getpid()))
-        self.queue = self.manager.Queue()
-        # Each worker notes in shared memory which task it runs: a Pool silently replaces a
-        # killed worker and never completes its task, so the master must find such tasks itself.
-        self.slots = context.Array("q", 2 * SLOTS, lock=False)
-        self.slots_used = context.Value("i", 0)
-        self.pool = context.Pool(options.jobs, initializer=worker.init,
-                                 initargs=(self.queue, src_root, dst_root, mode, options, lock_fd,
-                                           os.getpid(), self.slots, self.slots_used))
+        gc.freeze()  # so that the children's collector never writes to (and copies) our pages
+        try:
+            self.manager = SyncManager(ctx=context)
+            self.manager.start(worker.ignore_signals, (lock_fd, os.getpid()))
+            self.queue = self.manager.Queue()
+            # Each worker notes in shared memory which task it runs: a Pool silently replaces a
+            # killed worker and never completes its task, so the master must find such tasks.
+            self.slots = context.Array("q", 2 * SLOTS, lock=False)
+            self.slots_used = context.Value("i", 0)
+            self.pool = context.Pool(options.jobs, initializer=worker.init,
+                                     initargs=(self.queue, src_root, dst_root, mode, options,
+                                               lock_fd, os.getpid(), self.slots, self.slots_used))
+        finally:
+            gc.unfreeze()
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
         self.tasks: dict[int, Task] = {}
         self.rerun: set[int] = set()

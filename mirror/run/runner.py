@@ -117,7 +117,7 @@ class Runner:
 
     def submit_folders(self) -> None:
         """A few folders a task when many wait, so that every worker still gets a share."""
-        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (2 * self.options.jobs)))
+        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (4 * self.options.jobs)))
         folders = tuple(self.folders[-count:])
         del self.folders[-count:]
         self.submit(FolderTask(self.tasks, folders[::-1]))
@@ -174,7 +174,12 @@ class Runner:
             self.on_event(Discovered(files, nbytes))
 
     def add_to_batches(self, actions) -> None:
-        """Big files alone, the rest by count and size, so that every worker gets a share."""
+        """Big files alone, the rest by count and size, so that every worker gets a share
+        (a few hundred folder updates are several batches, not one: on a network
+        filesystem each is a few round trips)."""
+        if not isinstance(actions, list):
+            actions = list(actions)
+        most = max(1, min(BATCH_FILES, -(-len(actions) // self.options.jobs)))
         batch: list[Action] = []
         size = 0
         for action in actions:
@@ -183,7 +188,7 @@ class Runner:
                 continue
             batch.append(action)
             size += action.size
-            if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            if len(batch) >= most or size >= BATCH_BYTES:
                 self.batches.append(batch)
                 batch, size = [], 0
         if batch:
