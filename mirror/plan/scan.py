@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 from ..model import KIND_OF_FORMAT, Entry, Kind
 from ..paths import DirCache, join
+
+PROBE_STATS = 4         # lstat calls timed at the start of each folder
+SLOW_STAT_S = 0.0005    # slower than this on average: a remote store (local ones take ~2 us)
+STAT_THREADS = 8
 
 
 def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None) -> Entry:
@@ -28,15 +33,51 @@ def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None
 
 
 def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:
-    """lstat every entry of folder `rel` of a tree, by name. Raises OSError if it can't be read."""
+    """lstat every entry of folder `rel` of a tree, by name. Raises OSError if it can't be read.
+
+    When the first lstat calls show a remote store (each a network round trip), the rest of
+    the folder's are made by a few threads at once: a folder of 10,000 entries at 2 ms each
+    is listed in 3 s instead of 20.
+    """
     listing = {}
-    with os.scandir(folders.get(rel)) as items:  # scandir works on its own duplicate of the fd
-        for item in items:
+    dir_fd = folders.get(rel)
+    slow = False
+    unstated: list[str] = []
+    with os.scandir(dir_fd) as items:  # scandir works on its own duplicate of the fd
+        started = time.perf_counter()
+        for count, item in enumerate(items, 1):
+            if slow:
+                unstated.append(item.name)
+                continue
             try:
                 listing[item.name.encode("utf-8", "surrogateescape")] = item.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed between listing and lstat: as if never listed
+            slow = count == PROBE_STATS and time.perf_counter() - started > PROBE_STATS * SLOW_STAT_S
+    if unstated:
+        for name, st in zip(unstated, stat_threads().map(lambda name: lstat_or_none(name, dir_fd), unstated)):
+            if st is not None:
+                listing[name.encode("utf-8", "surrogateescape")] = st
     return listing
+
+
+def lstat_or_none(name: str, dir_fd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+_threads = None
+
+
+def stat_threads():
+    """This process's lstat threads (a forked child gets its own: it inherits no threads)."""
+    global _threads
+    if _threads is None or _threads[0] != os.getpid():
+        from concurrent.futures import ThreadPoolExecutor  # only remote stores need it
+        _threads = (os.getpid(), ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="lstat"))
+    return _threads[1]
 
 
 def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Entry:
