@@ -14,6 +14,8 @@ from ..plan.scan import entry_from_stat, walk_post_order
 from .copyfile import FileCopier, discard
 from .fastcopy import Copier, OnBytes
 
+COPY = Op.COPY
+
 
 class Applier:
     """Applies actions with folders opened relative to the roots, never through DST's links."""
@@ -43,7 +45,7 @@ class Applier:
             return Outcome.done(action, action.size, 1 if action.op is Op.DELETE else 0)
         self.deleted = 0
         try:
-            nbytes = self.handlers[action.op](action)
+            nbytes = self.copy(action) if action.op is COPY else self.handlers[action.op](action)
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
             root = self.src_root if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)

@@ -10,7 +10,8 @@ from ..plan.march import LinkedFile, Planner
 
 BIG_FILE = 16 << 20       # copied as a task of its own, so big files spread over workers
 INLINE_COPIES = 512       # past this, a huge flat folder's files are handed back for batching
-NOW = frozenset({Op.CLEANUP, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
+NOW = frozenset({Op.CLEANUP, Op.SYMLINK, Op.SPECIAL, Op.SET_META})   # and Op.COPY
+COPY = Op.COPY
 
 
 class Folder(NamedTuple):
@@ -79,6 +80,14 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
     for item in planner.march_folder(folder.src, folder.dst, subfolders):
         if item is UNCHANGED_FILE:
             found.skipped += 1
+        elif type(item) is Action and item.op is COPY:  # the common case first
+            found.files += 1
+            found.nbytes += item.size
+            inline_copies += 1
+            if item.size >= BIG_FILE or inline_copies > INLINE_COPIES:
+                found.handoff.append(item)
+            else:
+                finished(apply(item))
         elif isinstance(item, Problem):
             found.problems.append(item)
         elif isinstance(item, LinkedFile):
@@ -88,13 +97,6 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
         elif item.op is Op.MKDIR:
             creates[item.path] = item
         elif item.op in NOW:
-            if item.op is Op.COPY:
-                found.files += 1
-                found.nbytes += item.size
-                inline_copies += 1
-                if item.size >= BIG_FILE or inline_copies > INLINE_COPIES:
-                    found.handoff.append(item)
-                    continue
             finished(apply(item))
         else:
             found.later.append(item)
