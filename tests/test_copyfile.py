@@ -189,3 +189,28 @@ def test_a_file_changed_since_its_listing_is_copied_as_it_is_now(make_tree, tmp_
     assert (dst / "f").read_bytes() == b"rewritten since, longer"
     assert os.stat(dst / "f").st_mtime_ns == 10**18
     assert temp_files(dst) == []
+
+
+def test_where_anonymous_files_cannot_be_linked_a_hidden_name_is_used(make_tree, tmp_path, monkeypatch):
+    real_link = os.link
+
+    def link_without_proc(src, dst, **kwargs):
+        if str(src).startswith("/proc/"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kwargs)
+    monkeypatch.setattr(copyfile.os, "link", link_without_proc)
+    src = make_tree({"a": b"first", "b": b"second"})
+    dst = tmp_path / "dst"
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    os.makedirs(dst)
+    try:
+        outcomes = [applier.apply(Action(Op.COPY, name, Reason.MISSING,
+                                         entry_from_stat(name, os.lstat(src / name.decode()))))
+                    for name in (b"a", b"b")]
+    finally:
+        applier.close()
+
+    assert [outcome.status for outcome in outcomes] == [Status.DONE, Status.DONE]
+    assert applier.files.temps.anonymous is False
+    assert (dst / "a").read_bytes() == b"first" and (dst / "b").read_bytes() == b"second"
+    assert temp_files(dst) == []

@@ -99,6 +99,7 @@ class TempFiles:
 
     def __init__(self) -> None:
         self.anonymous = hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD.rsplit("/", 1)[0])
+        self.linked = False  # until one anonymous file got its name, a refusal means "not here"
         self.umask = os.umask(0)
         os.umask(self.umask)
 
@@ -118,16 +119,28 @@ class TempFiles:
         return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600 & ~self.umask
 
 
-def link_anonymous(fd: int, dir_fd: int, name: bytes) -> bytes | None:
-    """Give an anonymous file its name; if the name was taken meanwhile, a temporary name
-    to rename over it instead."""
-    try:
-        os.link(PROC_FD % fd, name, dst_dir_fd=dir_fd)
-        return None
-    except FileExistsError:
-        tmp = temp_name()
-        os.link(PROC_FD % fd, tmp, dst_dir_fd=dir_fd)
+    def link(self, fd: int, dir_fd: int, name: bytes) -> bytes | None:
+        """Give an anonymous file its name; if the name was taken meanwhile, a temporary name
+        to rename over it instead. Raises NoAnonymousFiles if this filesystem (or a /proc
+        without the link) will not link them: the file is then copied again, named."""
+        try:
+            try:
+                os.link(PROC_FD % fd, name, dst_dir_fd=dir_fd)
+                tmp = None
+            except FileExistsError:
+                tmp = temp_name()
+                os.link(PROC_FD % fd, tmp, dst_dir_fd=dir_fd)
+        except OSError as error:
+            if self.linked:
+                raise
+            self.anonymous = False
+            raise NoAnonymousFiles(error.errno, error.strerror) from None
+        self.linked = True
         return tmp
+
+
+class NoAnonymousFiles(OSError):
+    """Anonymous files cannot be linked here; caught by FileCopier, never reported."""
 
 
 class FileCopier:
@@ -154,7 +167,10 @@ class FileCopier:
         try:
             return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, listed)
         except StaleListing:
-            return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, None)
+            listed = None
+        except NoAnonymousFiles:
+            pass  # once: from now on every file gets a hidden temporary name
+        return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, listed)
 
     def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
                   place: Callable[[bytes], None], new: bool, creator: tuple[int, int] | None,
@@ -179,7 +195,7 @@ class FileCopier:
                         raise changed(errno.EAGAIN, "changed while it was copied", path)
                     set_meta(out, src, self.owner, Created(creator, perms))
                     if tmp is None:
-                        tmp = link_anonymous(out, dst_dir_fd, name)
+                        tmp = self.temps.link(out, dst_dir_fd, name)
                 finally:
                     os.close(out)
                 if tmp is not None:
