@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import run_mirror, snapshot, temp_files
-from mirror import Options, copy_tree
+from conftest import build, needs_root, run_mirror, snapshot, temp_files
+from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
 from mirror.report import Report
 from mirror.run.apply import Applier
+
+NOBODY = 65534
 
 
 def copy_action(src, name: bytes) -> Action:
@@ -107,3 +113,64 @@ def test_a_killed_run_leaves_no_lock_and_the_next_run_repairs(tmp_path, command)
     assert result.returncode == 0, result.stderr
     assert temp_files(dst) == []
     assert snapshot(dst) == snapshot(src)
+
+
+def run_as_nobody(function, *args) -> int:
+    """Run function(*args) in a forked child with nobody's uid and gid; its exit code."""
+    # A run as root first imports here what a run imports lazily (and ctypes, which workers
+    # import): the interpreter's own folder may be closed to nobody (it is under /root here).
+    import ctypes  # noqa: F401
+    import multiprocessing
+    warm = Path(tempfile.mkdtemp())
+    (warm / "src").mkdir()
+    copy_tree(warm / "src", warm / "dst")
+    shutil.rmtree(warm)
+
+    def child():
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        sys.exit(function(*args))
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    return process.exitcode
+
+
+def copy_exit_code(src, dst) -> int:
+    return copy_tree(src, dst).exit_code
+
+
+def sync_exit_code(src, dst) -> int:
+    return sync_tree(src, dst).exit_code
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user can reach (pytest's own are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="mirror-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@needs_root
+def test_without_root_a_read_only_folder_copied_earlier_still_takes_new_files(open_dir):
+    base = open_dir
+    dst = base / "dst"
+    src = base / "src"
+    build(src, {"ro/a": b"a"})
+    os.chmod(src / "ro", 0o555)
+    os.chown(base, NOBODY, NOBODY)
+    assert run_as_nobody(copy_exit_code, src, dst) == 0
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+    (src / "ro" / "b").write_bytes(b"b")  # root may write into the 0555 folder
+
+    assert run_as_nobody(copy_exit_code, src, dst) == 0
+
+    assert (dst / "ro" / "b").read_bytes() == b"b"
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+    (src / "ro" / "a").unlink()
+    assert run_as_nobody(sync_exit_code, src, dst) == 0  # deleting inside it works the same way
+    assert sorted(os.listdir(dst / "ro")) == ["b"]
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555

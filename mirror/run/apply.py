@@ -45,12 +45,37 @@ class Applier:
             return Outcome.done(action, action.size, 1 if action.op is Op.DELETE else 0)
         self.deleted = 0
         try:
-            nbytes = self.copy(action) if action.op is COPY else self.handlers[action.op](action)
+            try:
+                nbytes = self.run(action)
+            except PermissionError:
+                if not self.make_writable(split(action.path)[0]):
+                    raise
+                nbytes = self.run(action)  # once more, now that its folder lets us write
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
             root = self.src_root if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)
             return Outcome.failed(action, error)
         return Outcome.done(action, nbytes, self.deleted)
+
+    def run(self, action: Action) -> int:
+        return self.copy(action) if action.op is COPY else self.handlers[action.op](action)
+
+    def make_writable(self, parent: bytes) -> bool:
+        """Without root, a read-only DST folder (SRC's 0555, copied by an earlier run) would
+        refuse every new entry: as its owner, make it writable for us, as rsync does. Its
+        own permissions come back with its metadata after its contents (the planner plans
+        that for every folder whose entries change); True if it was changed."""
+        if os.geteuid() == 0:
+            return False  # root writes anyway: the refusal is real (a read-only mount, ...)
+        try:
+            dir_fd = self.dst.get(parent)
+            st = os.fstat(dir_fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o300 == 0o300:
+                return False
+            os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | 0o300)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         self.src.close()
