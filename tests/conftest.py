@@ -4,9 +4,11 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mirror import copy_tree
 from mirror.ui.cli import app
 
 ROOT = os.geteuid() == 0
@@ -204,3 +207,37 @@ def run_mirror(*args, **kwargs) -> subprocess.CompletedProcess:
     """The real command in a subprocess: exit codes and signals as a user sees them."""
     command = [sys.executable, "-m", "mirror", *map(os.fsdecode, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def open_dir():
+    """A folder every user can reach (pytest's own are root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="mirror-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def run_as_nobody(function, *args) -> int:
+    """Run function(*args) in a forked child with nobody's uid and gid; its exit code."""
+    # A run as root first imports here what a run imports lazily (and ctypes, which workers
+    # import): the interpreter's own folder may be closed to nobody (it is under /root here).
+    import ctypes  # noqa: F401
+    import multiprocessing
+    warm = Path(tempfile.mkdtemp())
+    (warm / "src").mkdir()
+    copy_tree(warm / "src", warm / "dst")
+    shutil.rmtree(warm)
+
+    def child():
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        sys.exit(function(*args))
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    return process.exitcode

@@ -10,8 +10,10 @@ import sys
 import time
 
 import pytest
+from typer.testing import CliRunner
 
-from conftest import run_mirror, snapshot, temp_files
+from conftest import build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files
+from mirror.ui.cli import app
 
 JSON_KEYS = {"files_copied", "files_skipped", "files_failed", "bytes_copied", "dirs_created",
              "links_created", "deleted", "errors", "warnings", "elapsed_s", "jobs", "dry_run"}
@@ -206,12 +208,18 @@ def test_sync_from_an_empty_source_is_refused_unless_allowed(make_tree, tmp_path
     assert allowed.returncode == 0 and os.listdir(dst) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder; covered where tests run unprivileged")
-def test_unreadable_source_exits_2(make_tree, tmp_path):
-    src = make_tree({"a": b"1"})
+def copy_through_the_cli(src, dst) -> int:
+    """The CLI in this process; its exit code, or 99 if it did not say why."""
+    result = CliRunner().invoke(app, ["copy", str(src), str(dst)])
+    return result.exit_code if "permission denied" in result.output.lower() else 99
+
+
+@needs_root
+def test_unreadable_source_exits_2(make_tree, open_dir):
+    src = open_dir / "src"
+    build(src, {"a": b"1"})
     os.chmod(src, 0)
-    try:
-        result = run_mirror("copy", src, tmp_path / "dst")
-    finally:
-        os.chmod(src, 0o755)
-    assert result.returncode == 2 and "permission denied" in result.stderr.lower()
+
+    assert run_as_nobody(copy_through_the_cli, src, open_dir / "dst") == 2
+
+    assert not (open_dir / "dst").exists()

@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import build, needs_root, run_mirror, snapshot, temp_files
+from conftest import NOBODY, build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
 from mirror.report import Report
 from mirror.run.apply import Applier
 
-NOBODY = 65534
 
 
 def copy_action(src, name: bytes) -> Action:
@@ -115,43 +111,12 @@ def test_a_killed_run_leaves_no_lock_and_the_next_run_repairs(tmp_path, command)
     assert snapshot(dst) == snapshot(src)
 
 
-def run_as_nobody(function, *args) -> int:
-    """Run function(*args) in a forked child with nobody's uid and gid; its exit code."""
-    # A run as root first imports here what a run imports lazily (and ctypes, which workers
-    # import): the interpreter's own folder may be closed to nobody (it is under /root here).
-    import ctypes  # noqa: F401
-    import multiprocessing
-    warm = Path(tempfile.mkdtemp())
-    (warm / "src").mkdir()
-    copy_tree(warm / "src", warm / "dst")
-    shutil.rmtree(warm)
-
-    def child():
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        sys.exit(function(*args))
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(60)
-    return process.exitcode
-
-
 def copy_exit_code(src, dst) -> int:
     return copy_tree(src, dst).exit_code
 
 
 def sync_exit_code(src, dst) -> int:
     return sync_tree(src, dst).exit_code
-
-
-@pytest.fixture
-def open_dir():
-    """A folder every user can reach (pytest's own are root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="mirror-test-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path)
 
 
 @needs_root
