@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import struct
 
 import pytest
 
@@ -214,3 +216,55 @@ def test_where_anonymous_files_cannot_be_linked_a_hidden_name_is_used(make_tree,
     assert applier.files.temps.anonymous is False
     assert (dst / "a").read_bytes() == b"first" and (dst / "b").read_bytes() == b"second"
     assert temp_files(dst) == []
+
+
+def test_a_default_acl_on_the_destination_folder_does_not_change_the_copied_bits(make_tree, tmp_path):
+    src = make_tree({"f": File(b"f", mode=0o644)})
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    entries = [(0x01, 0o7), (0x04, 0o5), (0x20, 0o0)]  # user::rwx group::r-x other::---
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    try:
+        os.setxattr(dst, "system.posix_acl_default", acl)
+    except OSError as error:
+        pytest.skip(f"no POSIX ACLs on this filesystem ({error.strerror})")
+
+    assert copy_one(src, dst, "f").status is Status.DONE
+
+    assert stat.S_IMODE(os.stat(dst / "f").st_mode) == 0o644  # the ACL would have given 0640
+
+
+def test_progress_counts_a_redone_copy_once(make_tree, tmp_path):
+    src = make_tree({"f": b"as listed"})
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    listed = entry_from_stat(b"f", os.lstat(src / "f"))
+    (src / "f").write_bytes(b"rewritten since, longer")
+    progress = []
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1),
+                      on_bytes=progress.append)
+    try:
+        assert applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed)).status is Status.DONE
+    finally:
+        applier.close()
+
+    assert sum(progress) == len(b"rewritten since, longer")
+
+
+def test_a_source_file_that_became_a_folder_fails_as_a_source_error(make_tree, tmp_path):
+    src = make_tree({"f": b"a file when listed"})
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    listed = entry_from_stat(b"f", os.lstat(src / "f"))
+    (src / "f").unlink()
+    (src / "f").mkdir()
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    try:
+        outcome = applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed))
+    finally:
+        applier.close()
+
+    assert outcome.status is Status.FAILED
+    assert "no longer a regular file" in str(outcome.error)
+    assert outcome.error.filename == os.path.join(os.fsencode(src), b"f")
+    assert os.listdir(dst) == []

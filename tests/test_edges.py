@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import NOBODY, build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files
+from conftest import NOBODY, File, build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
@@ -139,3 +139,20 @@ def test_without_root_a_read_only_folder_copied_earlier_still_takes_new_files(op
     assert run_as_nobody(sync_exit_code, src, dst) == 0  # deleting inside it works the same way
     assert sorted(os.listdir(dst / "ro")) == ["b"]
     assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+
+
+@needs_root
+def test_without_root_a_refused_metadata_change_leaves_the_folder_read_only(open_dir):
+    base = open_dir
+    src, dst = base / "src", base / "dst"
+    build(src, {"ro/f": File(b"same", mode=0o600, mtime_ns=10**18)})
+    build(dst, {"ro/f": File(b"same", mode=0o644, mtime_ns=10**18)})  # only permissions differ
+    for path in (base, dst, dst / "ro"):
+        os.chown(path, NOBODY, NOBODY)  # DST's file stays root's: nobody may not chmod it
+    for folder in (src / "ro", dst / "ro"):
+        os.chmod(folder, 0o555)
+        os.utime(folder, ns=(10**18, 10**18))  # equal: no folder metadata is planned
+
+    assert run_as_nobody(copy_exit_code, src, dst) == 1
+
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555  # not opened up for nothing

@@ -10,8 +10,9 @@ from ..model import Action, Entry, Kind, Mode, Op, Outcome, SourceError
 from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
+from ..plan.march import NAME_CHANGING
 from ..plan.scan import entry_from_stat, walk_post_order
-from .copyfile import FileCopier, discard
+from .copyfile import FileCopier, FolderFacts, discard
 from .fastcopy import Copier, OnBytes
 
 COPY = Op.COPY
@@ -31,7 +32,7 @@ class Applier:
         self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
         self.files = FileCopier(self.owner, Copier(dst_root), on_bytes)
-        self.creator_of: tuple[bytes | None, tuple[int, int] | None] = (None, None)
+        self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run
         self.deleted = 0
         self.handlers: dict[Op, Callable[[Action], int]] = {
@@ -47,10 +48,10 @@ class Applier:
         try:
             try:
                 nbytes = self.run(action)
-            except PermissionError:
-                if not self.make_writable(split(action.path)[0]):
+            except PermissionError as error:
+                if error.errno != errno.EACCES or action.op not in NAME_CHANGING:
                     raise
-                nbytes = self.run(action)  # once more, now that its folder lets us write
+                nbytes = self.run_in_writable_folder(action, error)
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
             root = self.src_root if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)
@@ -60,22 +61,23 @@ class Applier:
     def run(self, action: Action) -> int:
         return self.copy(action) if action.op is COPY else self.handlers[action.op](action)
 
-    def make_writable(self, parent: bytes) -> bool:
-        """Without root, a read-only DST folder (SRC's 0555, copied by an earlier run) would
-        refuse every new entry: as its owner, make it writable for us, as rsync does. Its
-        own permissions come back with its metadata after its contents (the planner plans
-        that for every folder whose entries change); True if it was changed."""
+    def run_in_writable_folder(self, action: Action, refusal: PermissionError) -> int:
+        """Without root, a read-only DST folder (SRC's 0555, copied by an earlier run) refuses
+        every new or removed entry: as its owner, make it writable for us and try again, as
+        rsync does. Its own permissions come back with its metadata after its contents (the
+        planner plans that for every folder whose entries change), or at once if this fails."""
         if os.geteuid() == 0:
-            return False  # root writes anyway: the refusal is real (a read-only mount, ...)
+            raise refusal  # root writes anyway: the refusal is real (a read-only mount, ...)
+        dir_fd = self.dst.get(split(action.path)[0])
+        st = os.fstat(dir_fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o300 == 0o300:
+            raise refusal
+        os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | 0o300)
         try:
-            dir_fd = self.dst.get(parent)
-            st = os.fstat(dir_fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o300 == 0o300:
-                return False
-            os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | 0o300)
-        except OSError:
-            return False
-        return True
+            return self.run(action)
+        except BaseException:
+            os.fchmod(dir_fd, stat.S_IMODE(st.st_mode))
+            raise
 
     def close(self) -> None:
         self.src.close()
@@ -91,18 +93,13 @@ class Applier:
         dst_fd = self.dst.get(parent)
         return self.files.copy(src_fd, dst_fd, name, action.path,
                                lambda tmp: self.place(dst_fd, tmp, name, action),
-                               action.dst is None, self.creator(parent, dst_fd), action.src)
+                               action.dst is None, self.facts_of(parent), action.src)
 
-    def creator(self, parent: bytes, dir_fd: int) -> tuple[int, int] | None:
-        """Who owns a file created in DST's folder `parent`: us, with the folder's group if it
-        is setgid (one fstat a folder, so that most files need no fchown)."""
-        if not self.owner:
-            return None
-        if parent != self.creator_of[0]:
-            st = os.fstat(dir_fd)
-            gid = st.st_gid if st.st_mode & stat.S_ISGID else os.getegid()
-            self.creator_of = (parent, (os.geteuid(), gid))
-        return self.creator_of[1]
+    def facts_of(self, parent: bytes) -> FolderFacts:
+        """What new files get in DST's folder `parent` (learned once a folder)."""
+        if parent != self.facts[0]:
+            self.facts = (parent, FolderFacts())
+        return self.facts[1]
 
     def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
         """Rename a finished temporary entry over `name`, clearing a folder in the way."""

@@ -69,20 +69,36 @@ def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_res
     return fd, st
 
 
-class Created(NamedTuple):
-    """What a new file in DST already has: no call is spent setting it again (on a network
+class FolderFacts:
+    """What a file created in one DST folder gets: its owner, and the permission bits each
+    requested mode gives. Learned from the first such file (one fstat), never predicted:
+    umask, default ACLs, setgid folders and mount options (grpid, NFS squashing, CIFS uid=)
+    all change them. No call is then spent setting what a new file already has (on a network
     filesystem each fchown or fchmod is a round trip or two)."""
 
-    owner: tuple[int, int] | None   # (uid, gid); None when unknown
-    perms: int
+    __slots__ = ("owner", "modes")
+
+    def __init__(self) -> None:
+        self.owner: tuple[int, int] | None = None
+        self.modes: dict[int, int] = {}
+
+    def learn(self, fd: int, requested: int) -> tuple[tuple[int, int], int]:
+        """(owner, permission bits) of the new file `fd`, created with mode `requested`."""
+        got = self.modes.get(requested)
+        if got is None or self.owner is None:
+            st = os.fstat(fd)
+            self.owner = (st.st_uid, st.st_gid)
+            got = self.modes[requested] = stat.S_IMODE(st.st_mode)
+        return self.owner, got
 
 
-def set_meta(fd: int, src: Source, owner: bool, created: Created) -> None:
-    """Owner first (chown clears setuid), then permissions, then times, all on the descriptor."""
-    if owner and (src.uid, src.gid) != created.owner:
+def set_meta(fd: int, src: Source, owner: bool, created: tuple[tuple[int, int], int]) -> None:
+    """Owner first (chown clears setuid), then permissions, then times, all on the descriptor;
+    `created` is the (owner, permission bits) the new file got."""
+    if owner and (src.uid, src.gid) != created[0]:
         os.fchown(fd, src.uid, src.gid)
     perms = wanted_perms(src.mode, owner)
-    if perms != created.perms:  # created without setuid/setgid/sticky: chown cannot clear them
+    if perms != created[1]:  # created without setuid/setgid/sticky: chown cannot clear them
         os.fchmod(fd, perms)
     os.utime(fd, ns=(src.atime_ns, src.mtime_ns))
 
@@ -100,23 +116,21 @@ class TempFiles:
     def __init__(self) -> None:
         self.anonymous = hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD.rsplit("/", 1)[0])
         self.linked = False  # until one anonymous file got its name, a refusal means "not here"
-        self.umask = os.umask(0)
-        os.umask(self.umask)
 
     def open(self, dir_fd: int, new: bool, perms: int) -> tuple[int, bytes | None, int]:
         """A descriptor to write to, the temporary name (None for an anonymous file), and the
-        permissions the file got. A named one is private (0600) while it is written; an
+        mode it was created with. A named one is private (0600) while it is written; an
         anonymous one can be opened by nobody else, so it starts with its final permissions."""
         if new and self.anonymous:
             mode = perms & 0o777
             try:
-                return os.open(".", ANONYMOUS_FLAGS, mode, dir_fd=dir_fd), None, mode & ~self.umask
+                return os.open(".", ANONYMOUS_FLAGS, mode, dir_fd=dir_fd), None, mode
             except OSError as error:
                 if error.errno not in NO_TMPFILE:
                     raise
                 self.anonymous = False
         tmp = temp_name()
-        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600 & ~self.umask
+        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600
 
 
     def link(self, fd: int, dir_fd: int, name: bytes) -> bytes | None:
@@ -153,7 +167,7 @@ class FileCopier:
         self.temps = TempFiles()
 
     def copy(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
-             place: Callable[[bytes], None], new: bool, creator: tuple[int, int] | None,
+             place: Callable[[bytes], None], new: bool, facts: FolderFacts,
              listed: Entry | None) -> int:
         """Copy SRC's `name`; `place(tmp)` renames a named temporary file over DST's name.
 
@@ -161,20 +175,35 @@ class FileCopier:
         file that changed while it was read fails with SourceChanged (the runner retries it
         later): DST never gets the old mtime with new bytes. With `listed` (the lstat of the
         listing) no fstat is spent before the copy (a round trip on a network filesystem);
-        if the file changed since its listing, it is copied again. `creator` is who owns a
-        file created in this folder, when known.
+        if the file changed since its listing, it is copied again. `facts` are what a new
+        file in this folder gets. Progress counts the bytes of a copy that fails or is
+        redone back out, so it only ever adds up what was copied.
         """
-        try:
-            return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, listed)
-        except StaleListing:
-            listed = None
-        except NoAnonymousFiles:
-            pass  # once: from now on every file gets a hidden temporary name
-        return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, creator, listed)
+        for _attempt in range(3):  # a stale listing and a refused anonymous link, once each
+            counted = 0
+
+            def on_bytes(nbytes: int) -> None:
+                nonlocal counted
+                counted += nbytes
+                self.on_bytes(nbytes)
+            try:
+                return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, facts,
+                                      listed, on_bytes)
+            except StaleListing:
+                listed = None
+            except NoAnonymousFiles:
+                pass  # from now on every file gets a hidden temporary name
+            except BaseException:
+                if counted:
+                    self.on_bytes(-counted)
+                raise
+            if counted:
+                self.on_bytes(-counted)
+        raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
 
     def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
-                  place: Callable[[bytes], None], new: bool, creator: tuple[int, int] | None,
-                  listed: Entry | None) -> int:
+                  place: Callable[[bytes], None], new: bool, facts: FolderFacts,
+                  listed: Entry | None, on_bytes: OnBytes) -> int:
         if listed is not None:
             try:
                 src_fd = os.open(name, READ_FLAGS, dir_fd=src_dir_fd)
@@ -185,15 +214,21 @@ class FileCopier:
             src_fd, st = open_source(src_dir_fd, name, path)
             src = Source.of_stat(st)
         try:
-            out, tmp, perms = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM,
-                                              wanted_perms(src.mode, self.owner))
+            out, tmp, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM,
+                                                  wanted_perms(src.mode, self.owner))
             try:
                 try:
-                    self.copy_bytes(src_fd, out, src.size, self.on_bytes)
+                    created = facts.learn(out, requested)
+                    try:
+                        self.copy_bytes(src_fd, out, src.size, on_bytes)
+                    except OSError:
+                        if listed is not None and not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                            raise SourceError(errno.EINVAL, "no longer a regular file", path) from None
+                        raise
                     if not unchanged(src, os.fstat(src_fd)):
                         changed = StaleListing if listed is not None else SourceChanged
                         raise changed(errno.EAGAIN, "changed while it was copied", path)
-                    set_meta(out, src, self.owner, Created(creator, perms))
+                    set_meta(out, src, self.owner, created)
                     if tmp is None:
                         tmp = self.temps.link(out, dst_dir_fd, name)
                 finally:
