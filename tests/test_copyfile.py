@@ -16,10 +16,13 @@ from mirror.run import copyfile
 from mirror.run.apply import Applier
 
 
-def copy_one(src, dst, name: str, while_writing=lambda: None):
-    """Copy src/name to dst/name with one Applier, calling while_writing() mid-copy."""
+def copy_one(src, dst, name: str, while_writing=lambda: None, after_listing=lambda: None,
+             on_bytes=lambda nbytes: None):
+    """Copy src/name to dst/name with one Applier: after_listing() runs between the lstat of
+    the listing and the copy, while_writing() mid-copy."""
     os.makedirs(dst, exist_ok=True)
-    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
+    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1),
+                      on_bytes=on_bytes)
     write = applier.files.copy_bytes
 
     def copy_bytes(src_fd, dst_fd, size, on_bytes):
@@ -31,6 +34,7 @@ def copy_one(src, dst, name: str, while_writing=lambda: None):
     old = entry_from_stat(rel, os.lstat(before)) if os.path.lexists(before) else None
     action = Action(Op.COPY, rel, Reason.MISSING if old is None else Reason.SIZE,
                     entry_from_stat(rel, os.lstat(src / name)), old)
+    after_listing()
     try:
         return applier.apply(action)
     finally:
@@ -174,18 +178,20 @@ def test_the_listing_saves_an_fstat_before_the_copy(make_tree, tmp_path, monkeyp
     assert looks.count(True) == 1  # only the check after the copy
 
 
+def rewrite(path, mtime_ns=None):
+    """A change after the listing: longer content, and a new mtime if given."""
+    def change():
+        path.write_bytes(b"rewritten since, longer")
+        if mtime_ns is not None:
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+    return change
+
+
 def test_a_file_changed_since_its_listing_is_copied_as_it_is_now(make_tree, tmp_path):
     src = make_tree({"f": b"as listed"})
     dst = tmp_path / "dst"
-    os.makedirs(dst)
-    listed = entry_from_stat(b"f", os.lstat(src / "f"))
-    (src / "f").write_bytes(b"rewritten since, longer")
-    os.utime(src / "f", ns=(10**18, 10**18))
-    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
-    try:
-        outcome = applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed))
-    finally:
-        applier.close()
+
+    outcome = copy_one(src, dst, "f", after_listing=rewrite(src / "f", 10**18))
 
     assert outcome.status is Status.DONE, outcome.error
     assert (dst / "f").read_bytes() == b"rewritten since, longer"
@@ -236,17 +242,12 @@ def test_a_default_acl_on_the_destination_folder_does_not_change_the_copied_bits
 
 def test_progress_counts_a_redone_copy_once(make_tree, tmp_path):
     src = make_tree({"f": b"as listed"})
-    dst = tmp_path / "dst"
-    dst.mkdir()
-    listed = entry_from_stat(b"f", os.lstat(src / "f"))
-    (src / "f").write_bytes(b"rewritten since, longer")
     progress = []
-    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1),
-                      on_bytes=progress.append)
-    try:
-        assert applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed)).status is Status.DONE
-    finally:
-        applier.close()
+
+    outcome = copy_one(src, tmp_path / "dst", "f", after_listing=rewrite(src / "f"),
+                       on_bytes=progress.append)
+
+    assert outcome.status is Status.DONE
 
     assert sum(progress) == len(b"rewritten since, longer")
 
@@ -254,15 +255,11 @@ def test_progress_counts_a_redone_copy_once(make_tree, tmp_path):
 def test_a_source_file_that_became_a_folder_fails_as_a_source_error(make_tree, tmp_path):
     src = make_tree({"f": b"a file when listed"})
     dst = tmp_path / "dst"
-    dst.mkdir()
-    listed = entry_from_stat(b"f", os.lstat(src / "f"))
-    (src / "f").unlink()
-    (src / "f").mkdir()
-    applier = Applier(os.fsencode(src), os.fsencode(dst), Mode.COPY, Options(jobs=1))
-    try:
-        outcome = applier.apply(Action(Op.COPY, b"f", Reason.MISSING, listed))
-    finally:
-        applier.close()
+
+    def become_a_folder():
+        (src / "f").unlink()
+        (src / "f").mkdir()
+    outcome = copy_one(src, dst, "f", after_listing=become_a_folder)
 
     assert outcome.status is Status.FAILED
     assert "no longer a regular file" in str(outcome.error)

@@ -56,17 +56,20 @@ class StaleListing(SourceChanged):
     """SRC's file changed between its listing and its copy: copied again, from a fresh fstat."""
 
 
-def open_source(dir_fd: int, name: bytes, path: bytes) -> tuple[int, os.stat_result]:
-    """Open a source file without following links or blocking on a FIFO; it must be regular."""
+def open_source(dir_fd: int, name: bytes, path: bytes, listed: Entry | None) -> tuple[int, Source]:
+    """Open a source file without following links or blocking on a FIFO. With `listed` (its
+    lstat from the listing) no fstat is spent now; without, it must be a regular file now."""
     try:
         fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
     except OSError as error:
         raise SourceError(error.errno, error.strerror, path) from None
+    if listed is not None:
+        return fd, Source.of_entry(listed)
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise SourceError(errno.EINVAL, "no longer a regular file", path)
-    return fd, st
+    return fd, Source.of_stat(st)
 
 
 class FolderFacts:
@@ -85,7 +88,7 @@ class FolderFacts:
     def learn(self, fd: int, requested: int) -> tuple[tuple[int, int], int]:
         """(owner, permission bits) of the new file `fd`, created with mode `requested`."""
         got = self.modes.get(requested)
-        if got is None or self.owner is None:
+        if got is None:  # the owner is learned with the first mode
             st = os.fstat(fd)
             self.owner = (st.st_uid, st.st_gid)
             got = self.modes[requested] = stat.S_IMODE(st.st_mode)
@@ -131,7 +134,6 @@ class TempFiles:
                 self.anonymous = False
         tmp = temp_name()
         return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600
-
 
     def link(self, fd: int, dir_fd: int, name: bytes) -> bytes | None:
         """Give an anonymous file its name; if the name was taken meanwhile, a temporary name
@@ -189,30 +191,19 @@ class FileCopier:
             try:
                 return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, facts,
                                       listed, on_bytes)
-            except StaleListing:
-                listed = None
-            except NoAnonymousFiles:
-                pass  # from now on every file gets a hidden temporary name
-            except BaseException:
+            except BaseException as error:
                 if counted:
                     self.on_bytes(-counted)
-                raise
-            if counted:
-                self.on_bytes(-counted)
+                if isinstance(error, StaleListing):
+                    listed = None
+                elif not isinstance(error, NoAnonymousFiles):  # that one: named from now on
+                    raise
         raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
 
     def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
                   place: Callable[[bytes], None], new: bool, facts: FolderFacts,
                   listed: Entry | None, on_bytes: OnBytes) -> int:
-        if listed is not None:
-            try:
-                src_fd = os.open(name, READ_FLAGS, dir_fd=src_dir_fd)
-            except OSError as error:
-                raise SourceError(error.errno, error.strerror, path) from None
-            src = Source.of_entry(listed)
-        else:
-            src_fd, st = open_source(src_dir_fd, name, path)
-            src = Source.of_stat(st)
+        src_fd, src = open_source(src_dir_fd, name, path, listed)
         try:
             out, tmp, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM,
                                                   wanted_perms(src.mode, self.owner))

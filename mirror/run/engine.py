@@ -120,7 +120,7 @@ class PoolEngine:
 
     def recover_lost_tasks(self) -> list[WorkerReport]:
         """Run a dead worker's task again; if it dies twice, report the task as failed."""
-        alive = {process.pid for process in self.pool._pool if process.exitcode is None}
+        alive = self.alive_pids()
         reports = []
         for slot in range(min(self.slots_used.value, SLOTS)):
             pid, task_id = self.slots[2 * slot], self.slots[2 * slot + 1]
@@ -141,6 +141,9 @@ class PoolEngine:
             else:
                 reports.append(failed_report(task))
         return reports
+
+    def alive_pids(self) -> set[int]:
+        return {process.pid for process in self.pool._pool if process.exitcode is None}
 
     def sweep_temp_files(self) -> None:
         """Remove what dead workers were writing, in the folders of their tasks."""
@@ -169,7 +172,7 @@ class PoolEngine:
         lock's holder is dead: release it for them."""
         if not (self.deaths and self.results) or time.monotonic() - self.last_news < STUCK_S:
             return
-        alive = {process.pid for process in self.pool._pool if process.exitcode is None}
+        alive = self.alive_pids()
         used = min(self.slots_used.value, SLOTS)
         if any(self.slots[2 * slot] in alive and self.slots[2 * slot + 1] >= 0 for slot in range(used)):
             return  # a task is running: its worker is not stuck on a lock
@@ -237,10 +240,8 @@ def release_locks_of_dead(pool: multiprocessing.pool.Pool) -> None:
     """Release the Pool's queue locks if a dead worker holds them (nobody alive holds one
     for more than a moment while tasks wait, or once the workers are gone)."""
     for lock in (pool._inqueue._rlock, pool._outqueue._wlock):
-        if lock.acquire(timeout=0.2):
-            lock.release()
-        else:
-            lock.release()
+        lock.acquire(timeout=0.2)  # free: taken here; held by the dead: not, and
+        lock.release()             # released for them either way
 
 
 def failed_report(task: Task) -> WorkerReport:
