@@ -7,7 +7,15 @@ import stat
 from typing import NamedTuple
 
 
-class Kind(enum.Enum):
+class Symbol(enum.Enum):
+    """An Enum hashed by identity, in C: Enum's own __hash__ is Python code, run for every
+    dict or set lookup of a member (several per file). Members are singletons in every
+    process (unpickled by value), so identity is what equality is anyway."""
+
+    __hash__ = object.__hash__
+
+
+class Kind(Symbol):
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
@@ -27,7 +35,7 @@ KIND_OF_FORMAT = {
 }
 
 
-class Mode(enum.Enum):
+class Mode(Symbol):
     """What a run is for: copy never deletes, sync deletes extras, check only compares."""
 
     COPY = "copy"
@@ -61,7 +69,7 @@ class Entry(NamedTuple):
         return stat.S_IMODE(self.mode)
 
 
-class Op(enum.Enum):
+class Op(Symbol):
     """What an action does to DST."""
 
     MKDIR = "mkdir"          # create a folder (its metadata is set after its contents)
@@ -76,7 +84,7 @@ class Op(enum.Enum):
     SKIP = "skip"            # nothing to do
 
 
-class Reason(enum.Enum):
+class Reason(Symbol):
     """Why an action is needed; shown by --dry-run -v and check."""
 
     MISSING = "missing"
@@ -109,13 +117,13 @@ class Action(NamedTuple):
         return self.src.size if self.op is Op.COPY and self.src else 0
 
 
-class Unchanged(enum.Enum):
+class Unchanged(Symbol):
     """What the planner yields for a regular file the quick check found unchanged: no object to build."""
 
     FILE = "unchanged file"
 
 
-class Status(enum.Enum):
+class Status(Symbol):
     DONE = "done"
     FAILED = "failed"
     VANISHED = "vanished"   # the source entry disappeared before it could be copied
@@ -150,7 +158,7 @@ def display(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace") if path else "."
 
 
-class Severity(enum.Enum):
+class Severity(Symbol):
     WARNING = "warning"   # reported, does not change the exit code (a skipped socket)
     ERROR = "error"       # the run is partial (exit 1); sync deletes nothing
 

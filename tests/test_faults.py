@@ -249,15 +249,16 @@ def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tre
 
 
 def test_a_change_during_the_copy_is_seen(tmp_path):
-    from mirror.run.copyfile import Source, unchanged
+    from mirror.plan.scan import entry_from_stat
+    from mirror.run.copyfile import unchanged
     path = tmp_path / "f"
     path.write_bytes(b"12345")
-    before = Source.of_stat(os.stat(path))
+    before = entry_from_stat(b"f", os.stat(path))
     with open(path, "r+b") as stream:  # same size, rewritten in place: ctime and mtime move
         time.sleep(0.01)
         stream.write(b"54321")
     assert unchanged(before, os.stat(path)) is False
-    assert unchanged(Source.of_stat(os.stat(path)), os.stat(path)) is True
+    assert unchanged(entry_from_stat(b"f", os.stat(path)), os.stat(path)) is True
 
 
 def test_no_helper_outlives_a_master_killed_with_9(tmp_path):

@@ -22,6 +22,7 @@ class LinkedFile(NamedTuple):
 Planned = Action | Problem | LinkedFile | Unchanged
 # Ops that create, replace or remove a name, and so change the mtime of the folder holding it.
 NAME_CHANGING = frozenset({Op.MKDIR, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.HARDLINK, Op.DELETE, Op.CLEANUP})
+DIR = Kind.DIR
 
 
 class Planner:
@@ -89,12 +90,13 @@ class Planner:
                 continue
             src = entry(self.src_folders, rel, name, src_st)
             dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
-            for planned in self.decide_entry(name, src, dst):
+            planned = self.decide_entry(name, src, dst)
+            if planned is not None:
                 yield planned
-                if not isinstance(planned, Problem) and (isinstance(planned, LinkedFile)
-                                                         or planned.op in NAME_CHANGING):
+                if type(planned) is LinkedFile or (type(planned) is Action
+                                                   and planned.op in NAME_CHANGING):
                     changed = True
-            if src.kind is Kind.DIR and not self.filter.excludes(src.path, True) and not is_temp_name(name):
+            if src.kind is DIR and not self.filter.excludes(src.path, True) and not is_temp_name(name):
                 subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
         for name in sorted(dst_listing):
             for planned in self.plan_extra(name, entry(self.dst_folders, rel, name, dst_listing[name])):
@@ -103,29 +105,26 @@ class Planner:
         stack.extend(reversed(subfolders))
         yield from self.plan_dir_meta(src_dir, dst_dir, changed)
 
-    def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Iterator[Planned]:
+    def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Planned | None:
+        """What SRC's entry needs, or None when it is left out (excluded, or a folder whose
+        own listing decides its metadata)."""
         if is_temp_name(name):
-            yield Problem(src.path, Severity.WARNING, "skipped: mirror uses this name for temporary files")
-            return
-        if self.filter and self.filter.excludes(src.path, src.kind is Kind.DIR):
-            return
+            return Problem(src.path, Severity.WARNING, "skipped: mirror uses this name for temporary files")
+        if self.filter and self.filter.excludes(src.path, src.kind is DIR):
+            return None
         if src.kind is Kind.SOCKET:
-            yield Problem(src.path, Severity.WARNING, "skipped: sockets cannot be copied")
-            return
+            return Problem(src.path, Severity.WARNING, "skipped: sockets cannot be copied")
         if src.kind is Kind.DEVICE and os.geteuid() != 0:
-            yield Problem(src.path, Severity.WARNING, "skipped: device files need root")
-            return
+            return Problem(src.path, Severity.WARNING, "skipped: device files need root")
         if self.options.hard_links and src.kind is Kind.FILE and src.nlink > 1:
-            yield LinkedFile(src, dst)
-            return
+            return LinkedFile(src, dst)
         try:
             op, reason = decide(src, dst, self.options.owner, self.same_content)
         except OSError as error:
-            yield Problem(src.path, Severity.ERROR, "cannot compare", error)
-            return
-        if src.kind is Kind.DIR and op is not Op.MKDIR:
-            return  # the folder's own listing decides its metadata
-        yield Action(op, src.path, reason, src, dst)
+            return Problem(src.path, Severity.ERROR, "cannot compare", error)
+        if src.kind is DIR and op is not Op.MKDIR:
+            return None  # the folder's own listing decides its metadata
+        return Action(op, src.path, reason, src, dst)
 
     def decide_linked(self, src: Entry, dst: Entry | None) -> Action | Problem:
         """-H: the first path of a multiply-linked file is copied, the others linked to it."""

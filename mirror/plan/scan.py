@@ -13,15 +13,17 @@ SLOW_STAT_S = 0.0005    # slower than this on average: a remote store (local one
 STAT_THREADS = 8
 FILE = Kind.FILE
 S_ISREG = stat.S_ISREG
+new_tuple = tuple.__new__
 
 
 def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None) -> Entry:
     mode = st.st_mode
     kind = FILE if S_ISREG(mode) else KIND_OF_FORMAT.get(stat.S_IFMT(mode), Kind.SOCKET)
-    # Positional, in Entry's field order: this runs for every entry of both trees.
-    return Entry(path, kind, mode, st.st_size if kind is FILE else 0, st.st_mtime_ns, st.st_uid,
-                 st.st_gid, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev, target, st.st_ctime_ns,
-                 st.st_atime_ns)
+    # Every field, in Entry's order, built by tuple.__new__ without the NamedTuple's Python
+    # __new__: this runs for every entry of both trees.
+    return new_tuple(Entry, (path, kind, mode, st.st_size if kind is FILE else 0, st.st_mtime_ns,
+                             st.st_uid, st.st_gid, st.st_ino, st.st_dev, st.st_nlink, st.st_rdev,
+                             target, st.st_ctime_ns, st.st_atime_ns))
 
 
 def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:

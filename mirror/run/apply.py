@@ -31,7 +31,7 @@ class Applier:
         self.owner = bool(options.owner)
         self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
-        self.files = FileCopier(self.owner, Copier(dst_root), on_bytes)
+        self.files = FileCopier(self.owner, Copier(dst_root), on_bytes, self.place)
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run
         self.deleted = 0
@@ -47,7 +47,8 @@ class Applier:
         self.deleted = 0
         try:
             try:
-                nbytes = self.run(action)
+                op = action.op
+                nbytes = self.copy(action) if op is COPY else self.handlers[op](action)
             except PermissionError as error:
                 if error.errno != errno.EACCES or action.op not in NAME_CHANGING:
                     raise
@@ -91,9 +92,8 @@ class Applier:
         except OSError as error:
             raise SourceError(error.errno, error.strerror) from None
         dst_fd = self.dst.get(parent)
-        return self.files.copy(src_fd, dst_fd, name, action.path,
-                               lambda tmp: self.place(dst_fd, tmp, name, action),
-                               action.dst is None, self.facts_of(parent), action.src)
+        return self.files.copy(src_fd, dst_fd, name, action.path, action.dst is None,
+                               self.facts_of(parent), action.src)
 
     def facts_of(self, parent: bytes) -> FolderFacts:
         """What new files get in DST's folder `parent` (learned once a folder)."""
@@ -101,12 +101,12 @@ class Applier:
             self.facts = (parent, FolderFacts())
         return self.facts[1]
 
-    def place(self, dir_fd: int, tmp: bytes, name: bytes, action: Action) -> None:
+    def place(self, dir_fd: int, tmp: bytes, name: bytes, path: bytes) -> None:
         """Rename a finished temporary entry over `name`, clearing a folder in the way."""
         try:
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (IsADirectoryError, FileExistsError):
-            self.clear_folder(dir_fd, name, action.path)
+            self.clear_folder(dir_fd, name, path)
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def clear_folder(self, dir_fd: int, name: bytes, path: bytes) -> None:
@@ -131,7 +131,7 @@ class Applier:
         try:
             if action.op is not Op.HARDLINK:
                 self.set_meta_by_name(dir_fd, tmp, action.src)
-            self.place(dir_fd, tmp, name, action)
+            self.place(dir_fd, tmp, name, action.path)
         except BaseException:
             discard(tmp, dir_fd)
             raise

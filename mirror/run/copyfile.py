@@ -5,11 +5,10 @@ import errno
 import os
 import stat
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ..model import Entry, SourceError
 from ..paths import temp_name
-from ..plan.compare import wanted_perms
+from ..plan.scan import entry_from_stat
 from .fastcopy import CopyBytes, OnBytes
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -24,29 +23,7 @@ class SourceChanged(SourceError):
     """SRC's file changed while it was copied; the runner tries it again (--retries)."""
 
 
-class Source(NamedTuple):
-    """What a copy needs to know of SRC's file before reading it."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    atime_ns: int
-    mode: int
-    uid: int
-    gid: int
-
-    @classmethod
-    def of_stat(cls, st: os.stat_result) -> Source:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_atime_ns, st.st_mode,
-                   st.st_uid, st.st_gid)
-
-    @classmethod
-    def of_entry(cls, entry: Entry) -> Source:
-        return cls(entry.size, entry.mtime_ns, entry.ctime_ns, entry.atime_ns, entry.mode,
-                   entry.uid, entry.gid)
-
-
-def unchanged(before: Source, after: os.stat_result) -> bool:
+def unchanged(before: Entry, after: os.stat_result) -> bool:
     # ctime too: it moves with every write, chmod and chown, even when mtime is put back
     return (before.size, before.mtime_ns, before.ctime_ns) == (
         after.st_size, after.st_mtime_ns, after.st_ctime_ns) and stat.S_ISREG(after.st_mode)
@@ -56,7 +33,7 @@ class StaleListing(SourceChanged):
     """SRC's file changed between its listing and its copy: copied again, from a fresh fstat."""
 
 
-def open_source(dir_fd: int, name: bytes, path: bytes, listed: Entry | None) -> tuple[int, Source]:
+def open_source(dir_fd: int, name: bytes, path: bytes, listed: Entry | None) -> tuple[int, Entry]:
     """Open a source file without following links or blocking on a FIFO. With `listed` (its
     lstat from the listing) no fstat is spent now; without, it must be a regular file now."""
     try:
@@ -64,12 +41,12 @@ def open_source(dir_fd: int, name: bytes, path: bytes, listed: Entry | None) -> 
     except OSError as error:
         raise SourceError(error.errno, error.strerror, path) from None
     if listed is not None:
-        return fd, Source.of_entry(listed)
+        return fd, listed
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise SourceError(errno.EINVAL, "no longer a regular file", path)
-    return fd, Source.of_stat(st)
+    return fd, entry_from_stat(path, st)
 
 
 class FolderFacts:
@@ -95,12 +72,12 @@ class FolderFacts:
         return self.owner, got
 
 
-def set_meta(fd: int, src: Source, owner: bool, created: tuple[tuple[int, int], int]) -> None:
-    """Owner first (chown clears setuid), then permissions, then times, all on the descriptor;
-    `created` is the (owner, permission bits) the new file got."""
+def set_meta(fd: int, src: Entry, owner: bool, perms: int,
+             created: tuple[tuple[int, int], int]) -> None:
+    """Owner first (chown clears setuid), then permissions `perms`, then times, all on the
+    descriptor; `created` is the (owner, permission bits) the new file got."""
     if owner and (src.uid, src.gid) != created[0]:
         os.fchown(fd, src.uid, src.gid)
-    perms = wanted_perms(src.mode, owner)
     if perms != created[1]:  # created without setuid/setgid/sticky: chown cannot clear them
         os.fchmod(fd, perms)
     os.utime(fd, ns=(src.atime_ns, src.mtime_ns))
@@ -162,16 +139,24 @@ class NoAnonymousFiles(OSError):
 class FileCopier:
     """Copies one regular file into a temporary file, then gives it DST's name."""
 
-    def __init__(self, owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes) -> None:
+    def __init__(self, owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes,
+                 place: Callable[[int, bytes, bytes, bytes], None]) -> None:
         self.owner = owner
+        self.perm_bits = 0o7777 if owner else 0o1777  # setuid/setgid only with their owner
         self.copy_bytes = copy_bytes
         self.on_bytes = on_bytes
+        self.place = place
         self.temps = TempFiles()
+        self.counted = 0  # bytes the current attempt has reported so far
 
-    def copy(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
-             place: Callable[[bytes], None], new: bool, facts: FolderFacts,
-             listed: Entry | None) -> int:
-        """Copy SRC's `name`; `place(tmp)` renames a named temporary file over DST's name.
+    def count(self, nbytes: int) -> None:
+        self.counted += nbytes
+        self.on_bytes(nbytes)
+
+    def copy(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, new: bool,
+             facts: FolderFacts, listed: Entry | None) -> int:
+        """Copy SRC's `name`; `place(dir_fd, tmp, name, path)` renames a named temporary file
+        over DST's name.
 
         The temporary file is removed on every failure, so DST's old version stays whole. A
         file that changed while it was read fails with SourceChanged (the runner retries it
@@ -182,36 +167,29 @@ class FileCopier:
         redone back out, so it only ever adds up what was copied.
         """
         for _attempt in range(3):  # a stale listing and a refused anonymous link, once each
-            counted = 0
-
-            def on_bytes(nbytes: int) -> None:
-                nonlocal counted
-                counted += nbytes
-                self.on_bytes(nbytes)
+            self.counted = 0
             try:
-                return self.copy_once(src_dir_fd, dst_dir_fd, name, path, place, new, facts,
-                                      listed, on_bytes)
+                return self.copy_once(src_dir_fd, dst_dir_fd, name, path, new, facts, listed)
             except BaseException as error:
-                if counted:
-                    self.on_bytes(-counted)
+                if self.counted:
+                    self.on_bytes(-self.counted)
                 if isinstance(error, StaleListing):
                     listed = None
                 elif not isinstance(error, NoAnonymousFiles):  # that one: named from now on
                     raise
         raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
 
-    def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes,
-                  place: Callable[[bytes], None], new: bool, facts: FolderFacts,
-                  listed: Entry | None, on_bytes: OnBytes) -> int:
+    def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, new: bool,
+                  facts: FolderFacts, listed: Entry | None) -> int:
         src_fd, src = open_source(src_dir_fd, name, path, listed)
         try:
-            out, tmp, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM,
-                                                  wanted_perms(src.mode, self.owner))
+            perms = src.mode & self.perm_bits
+            out, tmp, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM, perms)
             try:
                 try:
                     created = facts.learn(out, requested)
                     try:
-                        self.copy_bytes(src_fd, out, src.size, on_bytes)
+                        self.copy_bytes(src_fd, out, src.size, self.count)
                     except OSError:
                         if listed is not None and not stat.S_ISREG(os.fstat(src_fd).st_mode):
                             raise SourceError(errno.EINVAL, "no longer a regular file", path) from None
@@ -219,13 +197,13 @@ class FileCopier:
                     if not unchanged(src, os.fstat(src_fd)):
                         changed = StaleListing if listed is not None else SourceChanged
                         raise changed(errno.EAGAIN, "changed while it was copied", path)
-                    set_meta(out, src, self.owner, created)
+                    set_meta(out, src, self.owner, perms, created)
                     if tmp is None:
                         tmp = self.temps.link(out, dst_dir_fd, name)
                 finally:
                     os.close(out)
                 if tmp is not None:
-                    place(tmp)
+                    self.place(dst_dir_fd, tmp, name, path)
             except BaseException:
                 if tmp is not None:
                     discard(tmp, dst_dir_fd)

@@ -81,10 +81,11 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
         if item is UNCHANGED_FILE:
             found.skipped += 1
         elif type(item) is Action and item.op is COPY:  # the common case first
+            size = item.src.size
             found.files += 1
-            found.nbytes += item.size
+            found.nbytes += size
             inline_copies += 1
-            if item.size >= BIG_FILE or inline_copies > INLINE_COPIES:
+            if size >= BIG_FILE or inline_copies > INLINE_COPIES:
                 found.handoff.append(item)
             else:
                 finished(apply(item))
