@@ -140,7 +140,7 @@ class Outcome(NamedTuple):
 
     @classmethod
     def done(cls, action: Action, nbytes: int = 0, deleted: int = 0) -> Outcome:
-        return cls(action, Status.DONE, nbytes, None, deleted)
+        return tuple.__new__(cls, (action, Status.DONE, nbytes, None, deleted))  # once a file
 
     @classmethod
     def failed(cls, action: Action, error: OSError) -> Outcome:

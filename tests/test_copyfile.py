@@ -240,16 +240,27 @@ def test_a_default_acl_on_the_destination_folder_does_not_change_the_copied_bits
     assert stat.S_IMODE(os.stat(dst / "f").st_mode) == 0o644  # the ACL would have given 0640
 
 
-def test_progress_counts_a_redone_copy_once(make_tree, tmp_path):
-    src = make_tree({"f": b"as listed"})
+@pytest.mark.parametrize("size", [9, 3 << 20])  # one write; a copy that reports as it goes
+def test_progress_counts_a_redone_copy_once(make_tree, tmp_path, size):
+    src = make_tree({"f": b"L" * size})
     progress = []
 
-    outcome = copy_one(src, tmp_path / "dst", "f", after_listing=rewrite(src / "f"),
+    def rewrite_longer():
+        (src / "f").write_bytes(b"R" * (size + 5))
+    outcome = copy_one(src, tmp_path / "dst", "f", after_listing=rewrite_longer,
                        on_bytes=progress.append)
 
     assert outcome.status is Status.DONE
+    assert sum(progress) == size + 5 == outcome.nbytes
+    assert (tmp_path / "dst" / "f").read_bytes() == b"R" * (size + 5)
 
-    assert sum(progress) == len(b"rewritten since, longer")
+
+def test_progress_counts_every_byte_of_a_small_file_once(make_tree, tmp_path):
+    src = make_tree({"f": b"12345"})
+    progress = []
+
+    assert copy_one(src, tmp_path / "dst", "f", on_bytes=progress.append).status is Status.DONE
+    assert progress == [5]
 
 
 def test_a_source_file_that_became_a_folder_fails_as_a_source_error(make_tree, tmp_path):

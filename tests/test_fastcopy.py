@@ -20,7 +20,9 @@ def test_each_method_copies_exactly(tmp_path, method, size):
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
         copied = method(src.fileno(), dst.fileno(), size, progress.append)
 
-    assert copied == size == sum(progress)
+    assert copied == size
+    # Progress comes during long copies; one read and one write are counted by the caller.
+    assert sum(progress) == (0 if method is copy_local and size <= BUFFER else size)
     assert (tmp_path / "dst").read_bytes() == data
 
 

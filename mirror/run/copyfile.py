@@ -169,7 +169,10 @@ class FileCopier:
         for _attempt in range(3):  # a stale listing and a refused anonymous link, once each
             self.counted = 0
             try:
-                return self.copy_once(src_dir_fd, dst_dir_fd, name, path, new, facts, listed)
+                size = self.copy_once(src_dir_fd, dst_dir_fd, name, path, new, facts, listed)
+                if size != self.counted:  # a small file is counted once, when done
+                    self.on_bytes(size - self.counted)
+                return size
             except BaseException as error:
                 if self.counted:
                     self.on_bytes(-self.counted)

@@ -1,9 +1,12 @@
 """Small picklable messages: workers -> master through the queue, and engine -> sinks."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
-from ..model import Action, Outcome, Problem
+from ..model import Action, Op, Outcome, Problem, Reason, Status
+
+DONE = Status.DONE
 
 
 class Batch(NamedTuple):
@@ -13,15 +16,26 @@ class Batch(NamedTuple):
     actions: tuple[Action, ...]
 
 
+Done = tuple[Op, bytes, Reason, int, int]   # op, path, reason, nbytes, deleted
+
+
 class WorkerReport(NamedTuple):
-    """Worker -> master, on the queue: outcomes since the last report; the last one of a task
-    also carries a folder task's result."""
+    """Worker -> master, on the queue: what finished since the last report; the last one of a
+    task also carries a folder task's result."""
 
     task_id: int
-    outcomes: tuple[Outcome, ...]   # their actions travel light: op, path and reason only
+    outcomes: tuple[Outcome, ...]   # the ones that did not succeed, with their whole actions
     nbytes: int                     # bytes written since the last report
     final: bool
     result: object = None           # a FolderResult, on the final report of a folder task
+    done: tuple[Done, ...] = ()     # the ones that succeeded, as plain tuples: most reports
+                                    # are these, and plain tuples pickle and unpickle in C
+
+    def finished(self) -> Iterator[Outcome]:
+        """Every outcome of the report, the successes rebuilt with light actions."""
+        for op, path, reason, nbytes, deleted in self.done:
+            yield Outcome(Action(op, path, reason), DONE, nbytes, None, deleted)
+        yield from self.outcomes
 
 
 # What sinks receive (on_event); one Finished per action, whichever engine ran it.

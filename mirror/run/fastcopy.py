@@ -54,7 +54,8 @@ class Copier:
         self.loop = kind in LOOP_FS
 
     def __call__(self, src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
-        """Copy up to `size` bytes (fewer if the file shrank); the caller checks for changes."""
+        """Copy up to `size` bytes (fewer if the file shrank); the caller checks for changes.
+        on_bytes hears of progress during long copies; the caller counts what it was not told."""
         if self.clone and size:
             try:
                 fcntl.ioctl(dst_fd, FICLONE, src_fd)
@@ -101,8 +102,7 @@ def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
         written = os.write(dst_fd, data)
         if written < len(data):  # a signal or a nearly full disk: write the rest (or fail)
             write_all(dst_fd, memoryview(data)[written:])
-        on_bytes(len(data))
-        return len(data)
+        return len(data)  # no progress call for one write: the caller counts what is left
     try:
         return copy_sendfile(src_fd, dst_fd, size, on_bytes)
     except OSError as error:

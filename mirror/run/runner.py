@@ -130,7 +130,7 @@ class Runner:
     def absorb(self, report: WorkerReport) -> None:
         if report.nbytes:
             self.on_event(Progress(report.nbytes))
-        for outcome in report.outcomes:
+        for outcome in report.finished():
             self.record(outcome)
         if report.result is not None:
             self.take_folder(report.result)

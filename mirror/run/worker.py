@@ -6,22 +6,24 @@ import pickle
 import signal
 import time
 
-from ..model import Action, Mode, Outcome, Status
+from ..model import Mode, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
 from .apply import Applier
-from .events import Batch, WorkerReport
+from .events import Batch, Done, WorkerReport
 from .folders import FolderTask, run_folders
 
 REPORT_EVERY_S = 0.1
 PR_SET_PDEATHSIG = 1
+DONE = Status.DONE
 
 _queue = None
 _applier: Applier | None = None
 _planner: Planner | None = None
 _task_id = -1
 _unreported_bytes = 0
-_finished: list[Outcome] = []
+_finished: list[Outcome] = []   # failures
+_done: list[Done] = []
 _last_report = 0.0
 _slots = None
 _slot = 0
@@ -80,11 +82,11 @@ def _count_bytes(nbytes: int) -> None:
 
 
 def _finish(outcome: Outcome) -> None:
-    if outcome.status is Status.DONE:  # light: a failure keeps its whole action, to be retried
+    if outcome.status is DONE:  # light: a failure keeps its whole action, to be retried
         action = outcome.action
-        outcome = Outcome(Action(action.op, action.path, action.reason), Status.DONE,
-                          outcome.nbytes, None, outcome.deleted)
-    _finished.append(outcome)
+        _done.append((action.op, action.path, action.reason, outcome.nbytes, outcome.deleted))
+    else:
+        _finished.append(outcome)
     if time.monotonic() - _last_report >= REPORT_EVERY_S:
         _report(final=False)
 
@@ -93,9 +95,11 @@ def _report(final: bool, result: object = None) -> None:
     global _unreported_bytes, _last_report
     # Pickled here, once: the manager then only stores bytes instead of unpickling and
     # pickling every outcome again on its way to the master.
-    report = WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result)
+    report = WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result,
+                          tuple(_done))
     _queue.put(pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
     _finished.clear()
+    _done.clear()
     _unreported_bytes, _last_report = 0, time.monotonic()
 
 
