@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from itertools import islice
 
 from ..model import KIND_OF_FORMAT, Entry, Kind
 from ..paths import DirCache, join
@@ -33,26 +34,30 @@ def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:
     the folder's are made by a few threads at once: a folder of 10,000 entries at 2 ms each
     is listed in 3 s instead of 20.
     """
-    listing = {}
+    listing: dict[bytes, os.stat_result] = {}
     dir_fd = folders.get(rel)
-    slow = False
     unstated: list[str] = []
     with os.scandir(dir_fd) as items:  # scandir works on its own duplicate of the fd
+        probe = list(islice(items, PROBE_STATS))
         started = time.perf_counter()
-        for count, item in enumerate(items, 1):
-            if slow:
-                unstated.append(item.name)
-                continue
-            try:
-                listing[item.name.encode("utf-8", "surrogateescape")] = item.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed between listing and lstat: as if never listed
-            slow = count == PROBE_STATS and time.perf_counter() - started > PROBE_STATS * SLOW_STAT_S
+        add_lstats(listing, probe)
+        if time.perf_counter() - started > len(probe) * SLOW_STAT_S:
+            unstated = [item.name for item in items]
+        else:
+            add_lstats(listing, items)
     if unstated:
         for name, st in zip(unstated, stat_threads().map(lambda name: lstat_or_none(name, dir_fd), unstated)):
             if st is not None:
                 listing[name.encode("utf-8", "surrogateescape")] = st
     return listing
+
+
+def add_lstats(listing: dict[bytes, os.stat_result], items) -> None:
+    for item in items:
+        try:
+            listing[item.name.encode("utf-8", "surrogateescape")] = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed between listing and lstat: as if never listed
 
 
 def lstat_or_none(name: str, dir_fd: int) -> os.stat_result | None:
