@@ -10,6 +10,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e . >&2
+	@$(PY) -m compileall -q mirror >&2  # bytecode now, even where the shell forbids writing it
 	@touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             "notes": ["page cache not dropped (needs root and disturbs other work); sources are "
                       "read once before round 1 so every tool starts warm",
                       "os.sync() before every timed run, untimed",
+                      "mirror runs from compiled bytecode, as installed (PYTHONDONTWRITEBYTECODE "
+                      "is removed from the contenders' environment)",
                       "old copies are renamed into a trash folder, never deleted between rounds"]}
     print(f"mirror: {meta['mirror']}  data: {args.data}  "
           f"scale: {'quick' if args.quick else 'full'}", flush=True)
