@@ -62,6 +62,11 @@ class Report:
 
     def record(self, outcome: Outcome) -> None:
         action = outcome.action
+        if action.op is COPY and outcome.status is DONE:  # most outcomes: checked first
+            self.files_copied += 1
+            self.bytes_copied += outcome.nbytes
+            self.deleted += outcome.deleted
+            return
         self.deleted += outcome.deleted
         if outcome.status is Status.VANISHED:
             self.warnings.append(f"{display(action.path)}: vanished before it was copied")
@@ -134,6 +139,7 @@ class Report:
         }
 
 
+COPY, DONE = Op.COPY, Status.DONE
 COUNTERS = {
     Op.MKDIR: "dirs_created",
     Op.SYMLINK: "links_created",

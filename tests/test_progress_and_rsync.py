@@ -30,6 +30,29 @@ def test_one_finished_event_per_file(make_tree, tmp_path, jobs):
     assert sum(e.files for e in events if isinstance(e, Discovered)) == 700
 
 
+def test_the_bar_shows_the_files_counted_when_it_is_drawn(make_tree, tmp_path):
+    from mirror.ui.progress import BarSink
+    src = make_tree({f"f{i}": b"x" * 10 for i in range(5)})
+    events = []
+    copy_tree(src, tmp_path / "dst", Options(jobs=2), on_event=events.append)
+    bar = BarSink()
+    seen = []
+    drawn = bar.bar.update
+
+    def update(nbytes):
+        seen.append(bar.bar.postfix)
+        drawn(nbytes)
+    bar.bar.update = update
+    for event in events:
+        bar(event)
+    done_then = [sum(1 for e in events[:i] if isinstance(e, Finished)) for i, e in enumerate(events)
+                 if isinstance(e, Progress)]
+    bar.close()
+
+    assert seen and all(f"{count:,}/" in shown for shown, count in zip(seen, done_then))
+    assert bar.bar.postfix.startswith("5/5 files") and bar.bar.n == 50
+
+
 def test_big_file_reports_bytes_while_it_is_copied(make_tree, tmp_path):
     src = make_tree({"big": b"\1" * (96 << 20)})
     events = []

@@ -47,12 +47,14 @@ class BarSink:
 
     def __call__(self, event: Event) -> None:
         self.counts.take(event)
+        # The file counts are written into the bar only when it may be redrawn (update, the
+        # end of the walk, close), not at every finished file: formatting them costs time.
         if isinstance(event, Progress):
+            self.bar.set_postfix_str(self.counts.files(), refresh=False)
             self.bar.update(event.nbytes)
         elif isinstance(event, ScanDone):
             self.bar.total = max(event.nbytes, self.bar.n)
             self.bar.set_description("copying", refresh=False)
-        if isinstance(event, (Finished, ScanDone)):
             self.bar.set_postfix_str(self.counts.files(), refresh=False)
 
     def close(self) -> None:
