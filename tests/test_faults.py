@@ -18,9 +18,9 @@ SMALL_TREE = {**{f"d{i % 20}/f{i}": os.urandom(1 + i % 4000) for i in range(600)
               **{f"big/b{i}": os.urandom(2 << 20) for i in range(3)}}
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, env=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mirror", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
 
 
 def final_files_are_complete(src, dst) -> None:
@@ -264,7 +264,9 @@ def test_a_change_during_the_copy_is_seen(tmp_path):
 def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
     src = sparse_source(tmp_path, 2 << 30)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", "2")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    process = start("copy", src, dst, "-j", "2", env={**os.environ, "TMPDIR": str(tmp)})
     wait_for_temp(dst)
     helpers = [pid for _, pid in children(process.pid)]
     assert len(helpers) >= 3  # the manager and two workers
@@ -277,6 +279,7 @@ def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
         assert time.monotonic() < deadline, "a helper process outlived its master"
         time.sleep(0.05)
     assert temp_files(dst) == [], "the worker removed its temporary file as it stopped"
+    assert os.listdir(tmp) == [], "the killed manager left its socket's folder in TMPDIR"
 
 
 def zombie(pid: int) -> bool:
@@ -353,3 +356,25 @@ def test_stopping_workers_repeats_sigterm_then_kills(target, killed, exitcode):
     assert stop_processes([process], grace_s=2.0) is killed
 
     assert process.exitcode == exitcode
+
+
+@pytest.mark.timeout(30)
+def test_the_end_of_a_run_never_waits_on_a_manager_that_cannot_go(tmp_path):
+    """After a big copy the kernel can take seconds to finish the manager's exit; a stopped
+    manager (SIGSTOP: it cannot answer or exit) stands in for that here."""
+    from mirror.model import Mode
+    from mirror.options import Options
+    from mirror.run.engine import PoolEngine
+    (tmp_path / "src").mkdir()
+    engine = PoolEngine(os.fsencode(tmp_path / "src"), os.fsencode(tmp_path / "dst"), Mode.COPY,
+                        Options(jobs=1))
+    manager = engine.manager._process
+    os.kill(manager.pid, signal.SIGSTOP)
+
+    engine.close()  # multiprocessing's own manager shutdown would wait for an answer forever
+
+    assert manager not in multiprocessing.active_children()  # nor is it joined at exit
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{manager.pid}"):  # killed, and reaped in the background
+        assert time.monotonic() < deadline, "the stopped manager was not killed"
+        time.sleep(0.05)
