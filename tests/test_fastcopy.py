@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from mirror.run.fastcopy import (BUFFER, Copier, copy_local, copy_loop, copy_range, copy_sendfile,
-                                  filesystem_type)
+from mirror.run.fastcopy import (BUFFER, PREALLOCATE_FROM, Copier, copy_local, copy_loop, copy_range,
+                                  copy_sendfile, filesystem_type)
 
 SIZES = [0, 1, 4095, BUFFER, BUFFER + 1, 3 * BUFFER + 17, (9 << 20) + 5]
 
@@ -24,6 +24,35 @@ def test_each_method_copies_exactly(tmp_path, method, size):
     # Progress comes during long copies; one read and one write are counted by the caller.
     assert sum(progress) == (0 if method is copy_local and size <= BUFFER else size)
     assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_a_big_file_gets_its_blocks_before_its_bytes(tmp_path, monkeypatch):
+    from mirror.run import fastcopy
+    data = os.urandom(PREALLOCATE_FROM + 5)
+    (tmp_path / "src").write_bytes(data)
+    reserved = []
+
+    def copy_sendfile(src_fd, dst_fd, size, on_bytes):
+        reserved.append(os.fstat(dst_fd).st_blocks * 512)  # before the first byte is written
+        return real_copy(src_fd, dst_fd, size, on_bytes)
+    real_copy = fastcopy.copy_sendfile
+    monkeypatch.setattr(fastcopy, "copy_sendfile", copy_sendfile)
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
+        assert copy_local(src.fileno(), dst.fileno(), len(data), lambda n: None) == len(data)
+
+    kind = filesystem_type(os.stat(tmp_path).st_dev)
+    if kind not in ("ext4", "xfs", "btrfs", "tmpfs"):
+        pytest.skip(f"{kind} may not preallocate")
+    assert reserved[0] >= len(data)
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_a_big_file_that_shrank_keeps_no_preallocated_tail(tmp_path):
+    (tmp_path / "src").write_bytes(b"s" * PREALLOCATE_FROM)
+    listed = PREALLOCATE_FROM + (1 << 20)  # it was bigger when listed
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
+        assert copy_local(src.fileno(), dst.fileno(), listed, lambda n: None) == PREALLOCATE_FROM
+    assert (tmp_path / "dst").read_bytes() == b"s" * PREALLOCATE_FROM
 
 
 def test_a_file_that_shrank_is_copied_short(tmp_path):
