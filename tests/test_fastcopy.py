@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mirror.run.fastcopy import (BUFFER, PREALLOCATE_FROM, Copier, copy_local, copy_loop, copy_range,
+from mirror.run.fastcopy import (BUFFER, PREALLOCATE_FROM, PREALLOCATE_FS, Copier, copy_local, copy_loop, copy_range,
                                   copy_sendfile, filesystem_type)
 
 SIZES = [0, 1, 4095, BUFFER, BUFFER + 1, 3 * BUFFER + 17, (9 << 20) + 5]
@@ -38,7 +38,7 @@ def test_a_big_file_gets_its_blocks_before_its_bytes(tmp_path, monkeypatch):
     real_copy = fastcopy.copy_sendfile
     monkeypatch.setattr(fastcopy, "copy_sendfile", copy_sendfile)
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
-        assert copy_local(src.fileno(), dst.fileno(), len(data), lambda n: None) == len(data)
+        assert copy_local(src.fileno(), dst.fileno(), len(data), lambda n: None, reserve=True) == len(data)
 
     kind = filesystem_type(os.stat(tmp_path).st_dev)
     if kind not in ("ext4", "xfs", "btrfs", "tmpfs"):
@@ -51,8 +51,14 @@ def test_a_big_file_that_shrank_keeps_no_preallocated_tail(tmp_path):
     (tmp_path / "src").write_bytes(b"s" * PREALLOCATE_FROM)
     listed = PREALLOCATE_FROM + (1 << 20)  # it was bigger when listed
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
-        assert copy_local(src.fileno(), dst.fileno(), listed, lambda n: None) == PREALLOCATE_FROM
+        assert copy_local(src.fileno(), dst.fileno(), listed, lambda n: None, reserve=True) == PREALLOCATE_FROM
     assert (tmp_path / "dst").read_bytes() == b"s" * PREALLOCATE_FROM
+
+
+def test_big_files_are_preallocated_only_where_fallocate_writes_nothing(tmp_path):
+    copier = Copier(os.fsencode(tmp_path))
+    assert copier.reserve is (filesystem_type(os.stat(tmp_path).st_dev) in PREALLOCATE_FS)
+    assert "vfat" not in PREALLOCATE_FS  # its fallocate writes every zero
 
 
 def test_a_file_that_shrank_is_copied_short(tmp_path):

@@ -378,3 +378,20 @@ def test_the_end_of_a_run_never_waits_on_a_manager_that_cannot_go(tmp_path):
     while os.path.exists(f"/proc/{manager.pid}"):  # killed, and reaped in the background
         assert time.monotonic() < deadline, "the stopped manager was not killed"
         time.sleep(0.05)
+
+
+def test_a_manager_with_a_socket_file_is_shut_down_cleanly(make_tree, tmp_path):
+    """Where abstract sockets do not exist (not Linux), the manager's socket lives in a folder
+    of its own under TMPDIR, which only a clean shutdown removes."""
+    src = make_tree({"a": b"1"})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    script = ("import sys, mirror.run.engine as engine; engine.manager_address = lambda: None; "
+              "from mirror import Options, copy_tree; "
+              "sys.exit(copy_tree(sys.argv[1], sys.argv[2], Options(jobs=1)).exit_code)")
+    done = subprocess.run([sys.executable, "-c", script, src, tmp_path / "dst"], timeout=60,
+                          env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "dst" / "a").read_bytes() == b"1"
+    assert os.listdir(tmp) == []

@@ -66,7 +66,9 @@ class PoolEngine:
         context = multiprocessing.get_context("fork")
         gc.freeze()  # so that the children's collector never writes to (and copies) our pages
         try:
-            self.manager = SyncManager(manager_address(), ctx=context)
+            address = manager_address()
+            self.abstract_socket = address is not None
+            self.manager = SyncManager(address, ctx=context)
             self.manager.start(worker.ignore_signals, (lock_fd, os.getpid()))
             self.queue = self.manager.Queue()
             # Each worker notes in shared memory which task it runs: a Pool silently replaces a
@@ -219,6 +221,9 @@ class PoolEngine:
         not hang the end of a run. One that is slow to go is killed and reaped in the
         background; it dies with the master at the latest (PR_SET_PDEATHSIG)."""
         manager, process = self.manager, self.manager._process
+        if not self.abstract_socket:
+            manager.shutdown()  # a socket in a folder of its own: only it removes them
+            return
         manager.shutdown.cancel()  # multiprocessing's own shutdown talks to it and waits
         manager._state.value = multiprocessing.managers.State.SHUTDOWN
         multiprocessing.managers.BaseProxy._address_to_local.pop(manager._address, None)

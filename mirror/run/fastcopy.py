@@ -19,6 +19,8 @@ BUFFER = 1 << 20          # read/write loop
 FICLONE = 0x40049409
 CLONE_FS = frozenset({"btrfs", "xfs", "bcachefs", "ocfs2"})
 LOOP_FS = frozenset({"ext2", "ext3", "ext4", "tmpfs", "f2fs", "vfat", "exfat"})
+# Where fallocate reserves blocks without writing them (vfat's, for one, writes zeros).
+PREALLOCATE_FS = frozenset({"ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
 # Refusals that mean "not here", after which a plain loop still works.
 UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
                          errno.ENOTTY, errno.EPERM})
@@ -54,6 +56,7 @@ class Copier:
             kind = "unknown"
         self.clone = kind in CLONE_FS
         self.loop = kind in LOOP_FS
+        self.reserve = kind in PREALLOCATE_FS
 
     def __call__(self, src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
         """Copy up to `size` bytes (fewer if the file shrank); the caller checks for changes.
@@ -68,14 +71,14 @@ class Copier:
                     raise
                 self.clone = False
         if self.loop:
-            return copy_local(src_fd, dst_fd, size, on_bytes)
+            return copy_local(src_fd, dst_fd, size, on_bytes, self.reserve)
         try:
             return copy_range(src_fd, dst_fd, size, on_bytes)
         except OSError as error:
             if error.errno not in UNSUPPORTED or os.lseek(dst_fd, 0, os.SEEK_CUR):
                 raise
             self.loop = True  # this pair of filesystems has no copy_file_range
-            return copy_local(src_fd, dst_fd, size, on_bytes)
+            return copy_local(src_fd, dst_fd, size, on_bytes, self.reserve)
 
 
 def copy_range(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
@@ -98,14 +101,15 @@ def copy_chunks(copy: Callable[[int, int], int], size: int, on_bytes: OnBytes) -
     return copied
 
 
-def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
+def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes, reserve: bool = False) -> int:
     if size <= BUFFER:  # most files: one read, one write
         data = os.read(src_fd, size)
         written = os.write(dst_fd, data)
         if written < len(data):  # a signal or a nearly full disk: write the rest (or fail)
             write_all(dst_fd, memoryview(data)[written:])
         return len(data)  # no progress call for one write: the caller counts what is left
-    if size >= PREALLOCATE_FROM:
+    reserve = reserve and size >= PREALLOCATE_FROM
+    if reserve:
         preallocate(dst_fd, size)
     try:
         copied = copy_sendfile(src_fd, dst_fd, size, on_bytes)
@@ -113,7 +117,7 @@ def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:
         if error.errno not in UNSUPPORTED or os.lseek(dst_fd, 0, os.SEEK_CUR):
             raise
         copied = copy_loop(src_fd, dst_fd, size, on_bytes)
-    if copied < size and size >= PREALLOCATE_FROM:
+    if copied < size and reserve:
         os.ftruncate(dst_fd, copied)  # the file shrank: no preallocated zeros at its end
     return copied
 
@@ -126,13 +130,17 @@ def preallocate(fd: int, size: int) -> None:
     global _fallocate, _get_errno
     if _fallocate is None:
         import ctypes  # only for big files: it costs start-up time
-        _fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+        libc = ctypes.CDLL(None, use_errno=True)
+        _fallocate = getattr(libc, "fallocate64", None) or libc.fallocate  # 64-bit offsets
         _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
         _get_errno = ctypes.get_errno
-    if _fallocate(fd, 0, 0, size) != 0:
+    while _fallocate(fd, 0, 0, size) != 0:
         code = _get_errno()
+        if code == errno.EINTR:
+            continue
         if code not in UNSUPPORTED:
             raise OSError(code, os.strerror(code))
+        return
 
 
 def copy_loop(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes) -> int:

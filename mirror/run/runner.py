@@ -128,10 +128,10 @@ class Runner:
         self.tasks += 1
 
     def absorb(self, report: WorkerReport) -> None:
-        if report.nbytes:
-            self.on_event(Progress(report.nbytes))
         for outcome in report.finished():
             self.record(outcome)
+        if report.nbytes:  # after the files it finishes, so a bar drawn now counts them
+            self.on_event(Progress(report.nbytes))
         if report.result is not None:
             self.take_folder(report.result)
 
