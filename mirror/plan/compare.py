@@ -38,18 +38,12 @@ def meta_differs(src: Entry, dst: Entry, owner: bool) -> Reason | None:
     return None
 
 
-def same_file(src: os.stat_result, dst: os.stat_result) -> bool:
-    """The quick check on two lstat results: regular files, same type, permissions, size, mtime."""
-    return (src.st_mode == dst.st_mode and S_ISREG(src.st_mode)
-            and src.st_size == dst.st_size and src.st_mtime_ns == dst.st_mtime_ns)
-
-
-def same_owned_file(src: os.stat_result, dst: os.stat_result) -> bool:
-    """same_file, and the same owner and group (when owners are kept)."""
-    # same_file's test written out: this runs for every file of a re-run
+def same_file(src: os.stat_result, dst: os.stat_result, owner: bool) -> bool:
+    """The quick check on two lstat results: regular files, same type, permissions, size,
+    mtime, and the same owner and group when owners are kept. One call a file of a re-run."""
     return (src.st_mode == dst.st_mode and S_ISREG(src.st_mode) and src.st_size == dst.st_size
-            and src.st_mtime_ns == dst.st_mtime_ns and src.st_uid == dst.st_uid
-            and src.st_gid == dst.st_gid)
+            and src.st_mtime_ns == dst.st_mtime_ns
+            and (not owner or (src.st_uid == dst.st_uid and src.st_gid == dst.st_gid)))
 
 
 def decide(src: Entry, dst: Entry | None, owner: bool,

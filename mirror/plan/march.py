@@ -8,7 +8,7 @@ from typing import NamedTuple
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
 from ..paths import DirCache, is_temp_name
-from .compare import UNCHANGED_FILE, decide, meta_differs, same_file, same_owned_file
+from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
 from .filters import Filter
 from .scan import entry, list_folder, stat_root, walk_post_order
 
@@ -44,7 +44,7 @@ class Planner:
         self.dst_folders = DirCache(dst_root)
         # Without filters, --checksum or -H, an unchanged regular file is known from lstat alone.
         simple = not (self.filter or options.checksum or options.hard_links)
-        self.quick_check = (same_owned_file if options.owner else same_file) if simple else None
+        self.quick_check = same_file if simple else None
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
 
@@ -79,13 +79,13 @@ class Planner:
         except OSError as error:
             yield Problem(rel, Severity.ERROR, "cannot read folder", error)
             return
-        quick = self.quick_check
+        quick, owner = self.quick_check, bool(self.options.owner)
         changed = False
         subfolders = []
         for name in sorted(src_listing):
             src_st = src_listing[name]
             dst_st = dst_listing.pop(name, None)
-            if quick is not None and dst_st is not None and quick(src_st, dst_st):
+            if quick is not None and dst_st is not None and quick(src_st, dst_st, owner):
                 yield UNCHANGED_FILE  # the common case of a re-run, decided without building entries
                 continue
             src = entry(self.src_folders, rel, name, src_st)

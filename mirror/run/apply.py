@@ -15,7 +15,6 @@ from ..plan.scan import entry_from_stat, walk_post_order
 from .copyfile import FileCopier, FolderFacts, discard
 from .fastcopy import Copier, OnBytes
 
-COPY = Op.COPY
 
 
 class Applier:
@@ -47,8 +46,7 @@ class Applier:
         self.deleted = 0
         try:
             try:
-                op = action.op
-                nbytes = self.copy(action) if op is COPY else self.handlers[op](action)
+                nbytes = self.run(action)
             except PermissionError as error:
                 if error.errno != errno.EACCES or action.op not in NAME_CHANGING:
                     raise
@@ -60,7 +58,7 @@ class Applier:
         return Outcome.done(action, nbytes, self.deleted)
 
     def run(self, action: Action) -> int:
-        return self.copy(action) if action.op is COPY else self.handlers[action.op](action)
+        return self.handlers[action.op](action)
 
     def run_in_writable_folder(self, action: Action, refusal: PermissionError) -> int:
         """Without root, a read-only DST folder (SRC's 0555, copied by an earlier run) refuses

@@ -22,7 +22,7 @@ _applier: Applier | None = None
 _planner: Planner | None = None
 _task_id = -1
 _unreported_bytes = 0
-_finished: list[Outcome] = []   # failures
+_failed: list[Outcome] = []
 _done: list[Done] = []
 _last_report = 0.0
 _slots = None
@@ -86,7 +86,7 @@ def _finish(outcome: Outcome) -> None:
         action = outcome.action
         _done.append((action.op, action.path, action.reason, outcome.nbytes, outcome.deleted))
     else:
-        _finished.append(outcome)
+        _failed.append(outcome)
     if time.monotonic() - _last_report >= REPORT_EVERY_S:
         _report(final=False)
 
@@ -95,10 +95,10 @@ def _report(final: bool, result: object = None) -> None:
     global _unreported_bytes, _last_report
     # Pickled here, once: the manager then only stores bytes instead of unpickling and
     # pickling every outcome again on its way to the master.
-    report = WorkerReport(_task_id, tuple(_finished), _unreported_bytes, final, result,
+    report = WorkerReport(_task_id, tuple(_failed), _unreported_bytes, final, result,
                           tuple(_done))
     _queue.put(pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
-    _finished.clear()
+    _failed.clear()
     _done.clear()
     _unreported_bytes, _last_report = 0, time.monotonic()
 
