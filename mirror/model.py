@@ -136,11 +136,10 @@ class Outcome(NamedTuple):
     status: Status
     nbytes: int = 0
     error: OSError | None = None
-    deleted: int = 0   # entries removed to make room (a type change under sync)
 
     @classmethod
-    def done(cls, action: Action, nbytes: int = 0, deleted: int = 0) -> Outcome:
-        return tuple.__new__(cls, (action, Status.DONE, nbytes, None, deleted))  # once a file
+    def done(cls, action: Action, nbytes: int = 0) -> Outcome:
+        return tuple.__new__(cls, (action, Status.DONE, nbytes, None))  # once a file
 
     @classmethod
     def failed(cls, action: Action, error: OSError) -> Outcome:

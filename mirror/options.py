@@ -23,6 +23,7 @@ class Options:
     retries: int = 2                    # more tries for entries that failed, after a pause
     owner: bool | None = None           # keep owner and group; None: when running as root
     allow_empty_src: bool = False       # sync: an empty SRC may empty a non-empty DST
+    delete_excluded: bool = False       # sync: excluded entries in DST are deleted too
 
     def __post_init__(self) -> None:
         if self.jobs == 0:

@@ -73,6 +73,7 @@ class DirCache:
 
 TEMP_PREFIX = b".mirror-tmp-"
 _TEMP_LENGTH = len(TEMP_PREFIX) + 16
+_HEX = b"0123456789abcdef"
 
 
 def temp_name() -> bytes:
@@ -82,10 +83,7 @@ def temp_name() -> bytes:
 
 def is_temp_name(name: bytes) -> bool:
     """True for names made by temp_name(): what a killed run may leave behind."""
-    if len(name) != _TEMP_LENGTH or not name.startswith(TEMP_PREFIX):
-        return False
-    try:
-        int(name[len(TEMP_PREFIX):], 16)
-    except ValueError:
-        return False
-    return True
+    # Exactly 16 lowercase hex digits: int(..., 16) would also take "0x", signs, spaces and
+    # underscores, and a user's file that only looks like ours must never be removed.
+    return (len(name) == _TEMP_LENGTH and name.startswith(TEMP_PREFIX)
+            and not name[len(TEMP_PREFIX):].strip(_HEX))

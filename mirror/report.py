@@ -65,9 +65,7 @@ class Report:
         if action.op is COPY and outcome.status is DONE:  # most outcomes: checked first
             self.files_copied += 1
             self.bytes_copied += outcome.nbytes
-            self.deleted += outcome.deleted
             return
-        self.deleted += outcome.deleted
         if outcome.status is Status.VANISHED:
             self.warnings.append(f"{display(action.path)}: vanished before it was copied")
             return
@@ -106,8 +104,8 @@ class Report:
                 self.differences.append(Difference("!", item.path, item.message))
                 self.notice(item)
             return
-        if item.op is Op.DELETE:
-            self.differences.append(Difference("-", item.path, ""))
+        if item.op is Op.DELETE or item.op is Op.CLEANUP:
+            self.differences.append(Difference("-", item.path, "" if item.op is Op.DELETE else item.reason.value))
         elif item.reason is Reason.MISSING:
             self.differences.append(Difference("+", item.path, ""))
         else:
@@ -147,4 +145,5 @@ COUNTERS = {
     Op.SPECIAL: "specials_created",
     Op.SET_META: "metadata_updated",
     Op.CLEANUP: "temp_files_removed",
+    Op.DELETE: "deleted",
 }

@@ -18,6 +18,11 @@ def _inside(inner: bytes, outer: bytes) -> bool:
 
 def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, bytes]:
     """Absolute SRC and DST as bytes, or MirrorError saying why the pair is refused."""
+    # An unset shell variable ("$DST") must never mean the current folder, as rsync and cp refuse.
+    if not src:
+        raise MirrorError("empty source argument")
+    if not dst:
+        raise MirrorError("empty destination argument")
     src_root = os.path.abspath(os.fsencode(src))
     dst_root = os.path.abspath(os.fsencode(dst))
     try:

@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
-from ..paths import DirCache, is_temp_name
+from ..paths import DirCache, is_temp_name, split
 from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
 from .filters import Filter
-from .scan import entry, list_folder, stat_root, walk_post_order
+from .scan import entry, list_folder, scan_folder, stat_root
 
 class LinkedFile(NamedTuple):
     """-H: a multiply-linked SRC file, decided where every path to it is seen (decide_linked)."""
@@ -39,6 +39,7 @@ class Planner:
         self.mode = mode
         self.options = options
         self.filter = Filter(options.excludes, options.includes)
+        self.delete_excluded = options.delete_excluded and mode is not Mode.COPY
         self.same_content = self._same_content if options.checksum else None
         self.src_folders = DirCache(src_root)
         self.dst_folders = DirCache(dst_root)
@@ -90,13 +91,29 @@ class Planner:
                 continue
             src = entry(self.src_folders, rel, name, src_st)
             dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
+            if self.filter and self.filter.excludes(src.path, src.kind is DIR):
+                if dst is not None and self.delete_excluded:  # as if SRC did not have it
+                    for planned in self.plan_extra(name, dst):
+                        yield planned
+                        changed = True
+                continue
+            if dst is not None and dst.kind is DIR and src.kind is not DIR and self.mode is Mode.SYNC:
+                # A folder in the way is deleted like any other: its entries are counted, and
+                # only after the copying (the runner holds the replacement back till then).
+                in_the_way = list(self.plan_removal(dst))
+                if not in_the_way or type(in_the_way[-1]) is Problem:  # kept, or unreadable
+                    yield (in_the_way[-1] if in_the_way and in_the_way[-1].severity is Severity.ERROR
+                           else Problem(src.path, Severity.ERROR, "not replaced: the folder in its "
+                                        "place holds excluded entries (--delete-excluded deletes them)"))
+                    continue
+                yield from in_the_way
             planned = self.decide_entry(name, src, dst)
             if planned is not None:
                 yield planned
                 if type(planned) is LinkedFile or (type(planned) is Action
                                                    and planned.op in NAME_CHANGING):
                     changed = True
-            if src.kind is DIR and not self.filter.excludes(src.path, True) and not is_temp_name(name):
+            if src.kind is DIR and not is_temp_name(name):
                 subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
         for name in sorted(dst_listing):
             for planned in self.plan_extra(name, entry(self.dst_folders, rel, name, dst_listing[name])):
@@ -106,18 +123,15 @@ class Planner:
         yield from self.plan_dir_meta(src_dir, dst_dir, changed)
 
     def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Planned | None:
-        """What SRC's entry needs, or None when it is left out (excluded, or a folder whose
-        own listing decides its metadata)."""
+        """What SRC's entry needs, or None when a folder's own listing decides its metadata."""
         if is_temp_name(name):
             return Problem(src.path, Severity.WARNING, "skipped: mirror uses this name for temporary files")
-        if self.filter and self.filter.excludes(src.path, src.kind is DIR):
-            return None
         if src.kind is Kind.SOCKET:
             return Problem(src.path, Severity.WARNING, "skipped: sockets cannot be copied")
         if src.kind is Kind.DEVICE and os.geteuid() != 0:
             return Problem(src.path, Severity.WARNING, "skipped: device files need root")
-        if self.options.hard_links and src.kind is Kind.FILE and src.nlink > 1:
-            return LinkedFile(src, dst)
+        if self.options.hard_links and src.nlink > 1 and src.kind is not DIR:
+            return LinkedFile(src, dst)  # files, and links to FIFOs, devices and symlinks too
         try:
             op, reason = decide(src, dst, self.options.owner, self.same_content)
         except OSError as error:
@@ -138,25 +152,51 @@ class Planner:
             self.links[key] = (src.path, None if op is Op.COPY else dst)
             return Action(op, src.path, reason, src, dst)
         first_path, first_dst = first
-        if (first_dst is not None and dst is not None and dst.kind is Kind.FILE
+        if (first_dst is not None and dst is not None and dst.kind is src.kind
                 and (dst.dev, dst.ino) == (first_dst.dev, first_dst.ino)):
             return Action(Op.SKIP, src.path, Reason.UNCHANGED, src, dst)
         reason = Reason.MISSING if dst is None else Reason.LINKED
         return Action(Op.HARDLINK, src.path, reason, src, dst, link_to=first_path)
 
     def plan_extra(self, name: bytes, dst: Entry) -> Iterator[Planned]:
-        """An entry only DST has: a leftover temporary file, a protected one, or a deletion."""
-        if is_temp_name(name):
-            if self.mode is not Mode.CHECK:
-                yield Action(Op.CLEANUP, dst.path, Reason.STALE_TEMP, None, dst)
+        """An entry only DST has: a leftover temporary file, or (sync) deletions."""
+        if is_temp_name(name):  # check lists it too: the next copy or sync removes it
+            yield Action(Op.CLEANUP, dst.path, Reason.STALE_TEMP, None, dst)
+        elif self.mode is not Mode.COPY:
+            yield from self.plan_removal(dst)
+
+    def plan_removal(self, top: Entry) -> Iterator[Planned]:
+        """Deletions of DST's `top` and everything below it, deepest first: the one place that
+        decides what leaves DST, whether SRC lacks it or a folder is in the way of a file.
+
+        Excluded entries are kept, and so are the folders that hold them, with a warning at
+        the top one (rsync's "cannot delete non-empty directory"), unless --delete-excluded.
+        Nothing below an excluded folder is looked at."""
+        keep = self.filter if self.filter and not self.delete_excluded else None
+        if keep is not None and keep.excludes(top.path, top.kind is DIR):
             return
-        if self.mode is Mode.COPY or self.filter.excludes(dst.path, dst.kind is Kind.DIR):
-            return
+        holding: set[bytes] = set()   # folders that hold a kept entry
+        stack: list[tuple[Entry, bool]] = [(top, False)]
         try:
-            for extra in walk_post_order(self.dst_folders, dst):
-                yield Action(Op.DELETE, extra.path, Reason.EXTRA, None, extra)
+            while stack:
+                item, listed = stack.pop()
+                if item.kind is DIR and not listed:
+                    stack.append((item, True))
+                    for _, child in sorted(scan_folder(self.dst_folders, item.path).items(), reverse=True):
+                        if keep is not None and keep.excludes(child.path, child.kind is DIR):
+                            holding.add(item.path)
+                        else:
+                            stack.append((child, False))
+                elif item.path in holding:
+                    holding.add(split(item.path)[0])
+                else:
+                    yield Action(Op.DELETE, item.path, Reason.EXTRA, None, item)
         except OSError as error:
-            yield Problem(dst.path, Severity.ERROR, "cannot list folder to delete it", error)
+            yield Problem(top.path, Severity.ERROR, "cannot list folder to delete it", error)
+            return
+        if top.path in holding:
+            yield Problem(top.path, Severity.WARNING, "kept: holds excluded entries "
+                          "(--delete-excluded deletes them)")
 
     def plan_dir_meta(self, src_dir: Entry, dst_dir: Entry | None, changed: bool) -> Iterator[Planned]:
         if dst_dir is None:

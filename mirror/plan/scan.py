@@ -94,18 +94,3 @@ def stat_root(root: bytes) -> Entry:
     """The tree's root folder itself, following a symlink the user named."""
     return entry_from_stat(b"", os.stat(root))
 
-
-def walk_post_order(folders: DirCache, top: Entry):
-    """Yield `top` and everything below it, children before their folder, without recursion.
-
-    An unreadable folder raises OSError from the generator.
-    """
-    stack: list[tuple[Entry, bool]] = [(top, False)]
-    while stack:
-        entry, expanded = stack.pop()
-        if entry.kind is not Kind.DIR or expanded:
-            yield entry
-            continue
-        stack.append((entry, True))
-        children = scan_folder(folders, entry.path)
-        stack.extend((child, False) for _, child in sorted(children.items(), reverse=True))

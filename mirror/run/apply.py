@@ -11,10 +11,12 @@ from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
 from ..plan.march import NAME_CHANGING
-from ..plan.scan import entry_from_stat, walk_post_order
-from .copyfile import FileCopier, FolderFacts, discard
+from .copyfile import PROC_FD, FileCopier, FolderFacts, discard
 from .fastcopy import Copier, OnBytes
 
+# An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
+# not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
+PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Applier:
@@ -28,12 +30,10 @@ class Applier:
         self.links = DirCache(dst_root)  # where -H finds the first copy, kept open like the others
         self.options = options
         self.owner = bool(options.owner)
-        self.replace_folders = mode is Mode.SYNC
         self.on_bytes = on_bytes
         self.files = FileCopier(self.owner, Copier(dst_root), on_bytes, self.place)
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run
-        self.deleted = 0
         self.handlers: dict[Op, Callable[[Action], int]] = {
             Op.COPY: self.copy, Op.MKDIR: self.mkdir, Op.SYMLINK: self.symlink,
             Op.SPECIAL: self.special, Op.HARDLINK: self.hardlink, Op.SET_META: self.set_meta,
@@ -42,8 +42,7 @@ class Applier:
 
     def apply(self, action: Action) -> Outcome:
         if self.dry_run:  # counted as done, so a dry run reports what a run would do
-            return Outcome.done(action, action.size, 1 if action.op is Op.DELETE else 0)
-        self.deleted = 0
+            return Outcome.done(action, action.size)
         try:
             try:
                 nbytes = self.run(action)
@@ -55,7 +54,7 @@ class Applier:
             root = self.src_root if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)
             return Outcome.failed(action, error)
-        return Outcome.done(action, nbytes, self.deleted)
+        return Outcome.done(action, nbytes)
 
     def run(self, action: Action) -> int:
         return self.handlers[action.op](action)
@@ -100,15 +99,11 @@ class Applier:
         return self.facts[1]
 
     def place(self, dir_fd: int, tmp: bytes, name: bytes, path: bytes) -> None:
-        """Rename a finished temporary entry over `name`, clearing a folder in the way."""
+        """Rename a finished temporary entry over `name`. An empty folder in the way goes; a
+        non-empty one was planned for deletion (sync, before this runs) or stays (copy)."""
         try:
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except (IsADirectoryError, FileExistsError):
-            self.clear_folder(dir_fd, name, path)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-    def clear_folder(self, dir_fd: int, name: bytes, path: bytes) -> None:
-        if not self.replace_folders:
             try:
                 os.rmdir(name, dir_fd=dir_fd)
             except OSError as error:
@@ -116,17 +111,15 @@ class Applier:
                     raise OSError(errno.ENOTEMPTY, "a non-empty folder is in the way "
                                   "(sync replaces it, copy does not)") from None
                 raise
-            return
-        top = entry_from_stat(path, os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
-        self.deleted += remove_tree(self.dst_root, top)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
     def create(self, action: Action, make: Callable[[bytes, int], None]) -> int:
         """Make an entry under a temporary name, set its metadata, rename it into place."""
         parent, name = split(action.path)
         dir_fd = self.dst.get(parent)
         tmp = temp_name()
-        make(tmp, dir_fd)
-        try:
+        try:  # made inside the try: a signal just after it is made still removes it
+            make(tmp, dir_fd)
             if action.op is not Op.HARDLINK:
                 self.set_meta_by_name(dir_fd, tmp, action.src)
             self.place(dir_fd, tmp, name, action.path)
@@ -136,11 +129,28 @@ class Applier:
         return 0
 
     def set_meta_by_name(self, dir_fd: int, name: bytes, src: Entry) -> None:
-        if self.owner:
-            os.chown(name, src.uid, src.gid, dir_fd=dir_fd, follow_symlinks=False)
-        if src.kind is not Kind.SYMLINK:  # Linux has no permissions on links
-            os.chmod(name, wanted_perms(src.mode, self.owner), dir_fd=dir_fd)
-        os.utime(name, ns=(src.mtime_ns, src.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+        """Owner, permissions and times of DST's entry `name`, never through a symlink.
+
+        A path-based chmod follows links, so an entry swapped for a link to a file outside DST
+        after the listing would have that file's mode changed. The entry is pinned with an
+        O_PATH descriptor (opened without following) and changed through /proc's link to that
+        very inode; a link itself is changed by name with the calls that never follow."""
+        if src.kind is Kind.SYMLINK:  # Linux has no permissions on links
+            if self.owner:
+                os.chown(name, src.uid, src.gid, dir_fd=dir_fd, follow_symlinks=False)
+            os.utime(name, ns=(src.mtime_ns, src.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            return
+        fd = os.open(name, PIN_FLAGS, dir_fd=dir_fd)
+        try:
+            if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(src.mode):
+                raise OSError(errno.ESTALE, "changed in the destination since it was listed")
+            pinned = PROC_FD % fd
+            if self.owner:
+                os.chown(pinned, src.uid, src.gid)
+            os.chmod(pinned, wanted_perms(src.mode, self.owner))
+            os.utime(pinned, ns=(src.mtime_ns, src.mtime_ns))
+        finally:
+            os.close(fd)
 
     def symlink(self, action: Action) -> int:
         return self.create(action, lambda tmp, fd: os.symlink(action.src.target, tmp, dir_fd=fd))
@@ -189,7 +199,6 @@ class Applier:
     def delete(self, action: Action) -> int:
         parent, name = split(action.path)
         remove_entry(self.dst.get(parent), name, action.dst.kind)
-        self.deleted = 1
         return 0
 
     def cleanup(self, action: Action) -> int:
@@ -204,16 +213,3 @@ def remove_entry(dir_fd: int, name: bytes, kind: Kind) -> None:
     else:
         os.unlink(name, dir_fd=dir_fd)
 
-
-def remove_tree(root: bytes, top: Entry) -> int:
-    """Remove `top` and everything below it, deepest first, without following links."""
-    folders = DirCache(root)
-    count = 0
-    try:
-        for entry in walk_post_order(folders, top):
-            parent, name = split(entry.path)
-            remove_entry(folders.get(parent), name, entry.kind)
-            count += 1
-    finally:
-        folders.close()
-    return count

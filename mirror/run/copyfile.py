@@ -97,39 +97,39 @@ class TempFiles:
         self.anonymous = hasattr(os, "O_TMPFILE") and os.path.isdir(PROC_FD.rsplit("/", 1)[0])
         self.linked = False  # until one anonymous file got its name, a refusal means "not here"
 
-    def open(self, dir_fd: int, new: bool, perms: int) -> tuple[int, bytes | None, int]:
-        """A descriptor to write to, the temporary name (None for an anonymous file), and the
-        mode it was created with. A named one is private (0600) while it is written; an
-        anonymous one can be opened by nobody else, so it starts with its final permissions."""
+    def open(self, dir_fd: int, new: bool, perms: int, tmp: bytes) -> tuple[int, bool, int]:
+        """A descriptor to write to, whether it was created under the temporary name `tmp`
+        (not: an anonymous file), and the mode it was created with. A named one is private
+        (0600) while it is written; an anonymous one can be opened by nobody else, so it
+        starts with its final permissions."""
         if new and self.anonymous:
             mode = perms & 0o777
             try:
-                return os.open(".", ANONYMOUS_FLAGS, mode, dir_fd=dir_fd), None, mode
+                return os.open(".", ANONYMOUS_FLAGS, mode, dir_fd=dir_fd), False, mode
             except OSError as error:
                 if error.errno not in NO_TMPFILE:
                     raise
                 self.anonymous = False
-        tmp = temp_name()
-        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), tmp, 0o600
+        return os.open(tmp, WRITE_FLAGS, 0o600, dir_fd=dir_fd), True, 0o600
 
-    def link(self, fd: int, dir_fd: int, name: bytes) -> bytes | None:
-        """Give an anonymous file its name; if the name was taken meanwhile, a temporary name
-        to rename over it instead. Raises NoAnonymousFiles if this filesystem (or a /proc
-        without the link) will not link them: the file is then copied again, named."""
+    def link(self, fd: int, dir_fd: int, name: bytes, tmp: bytes) -> bool:
+        """Give an anonymous file its name; if the name was taken meanwhile, link it as `tmp`
+        to be renamed over it instead (True). Raises NoAnonymousFiles if this filesystem (or a
+        /proc without the link) will not link them: the file is then copied again, named."""
         try:
             try:
                 os.link(PROC_FD % fd, name, dst_dir_fd=dir_fd)
-                tmp = None
+                named = False
             except FileExistsError:
-                tmp = temp_name()
                 os.link(PROC_FD % fd, tmp, dst_dir_fd=dir_fd)
+                named = True
         except OSError as error:
             if self.linked:
                 raise
             self.anonymous = False
             raise NoAnonymousFiles(error.errno, error.strerror) from None
         self.linked = True
-        return tmp
+        return named
 
 
 class NoAnonymousFiles(OSError):
@@ -185,32 +185,34 @@ class FileCopier:
     def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, new: bool,
                   facts: FolderFacts, listed: Entry | None) -> int:
         src_fd, src = open_source(src_dir_fd, name, path, listed)
+        # The temporary name is chosen before anything is created under it and removed on the
+        # way out whatever happened: a signal raised between the create and a `try` would
+        # otherwise leave the file behind.
+        tmp, named = temp_name(), False
         try:
             perms = src.mode & self.perm_bits
-            out, tmp, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM, perms)
+            out, named, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM, perms, tmp)
             try:
+                created = facts.learn(out, requested)
                 try:
-                    created = facts.learn(out, requested)
-                    try:
-                        self.copy_bytes(src_fd, out, src.size, self.count)
-                    except OSError:
-                        if listed is not None and not stat.S_ISREG(os.fstat(src_fd).st_mode):
-                            raise SourceError(errno.EINVAL, "no longer a regular file", path) from None
-                        raise
-                    if not unchanged(src, os.fstat(src_fd)):
-                        changed = StaleListing if listed is not None else SourceChanged
-                        raise changed(errno.EAGAIN, "changed while it was copied", path)
-                    set_meta(out, src, self.owner, perms, created)
-                    if tmp is None:
-                        tmp = self.temps.link(out, dst_dir_fd, name)
-                finally:
-                    os.close(out)
-                if tmp is not None:
-                    self.place(dst_dir_fd, tmp, name, path)
-            except BaseException:
-                if tmp is not None:
-                    discard(tmp, dst_dir_fd)
-                raise
+                    self.copy_bytes(src_fd, out, src.size, self.count)
+                except OSError:
+                    if listed is not None and not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                        raise SourceError(errno.EINVAL, "no longer a regular file", path) from None
+                    raise
+                if not unchanged(src, os.fstat(src_fd)):
+                    changed = StaleListing if listed is not None else SourceChanged
+                    raise changed(errno.EAGAIN, "changed while it was copied", path)
+                set_meta(out, src, self.owner, perms, created)
+                if not named:
+                    named = self.temps.link(out, dst_dir_fd, name, tmp)
+            finally:
+                os.close(out)
+            if named:
+                self.place(dst_dir_fd, tmp, name, path)
+        except BaseException:
+            discard(tmp, dst_dir_fd)  # a missing one is fine: the name may never have been made
+            raise
         finally:
             os.close(src_fd)
         return src.size

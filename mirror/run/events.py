@@ -17,7 +17,7 @@ class Batch(NamedTuple):
     actions: tuple[Action, ...]
 
 
-Done = tuple[Op, bytes, Reason, int, int]   # op, path, reason, nbytes, deleted
+Done = tuple[Op, bytes, Reason, int]   # op, path, reason, nbytes
 
 
 class WorkerReport(NamedTuple):
@@ -34,9 +34,9 @@ class WorkerReport(NamedTuple):
 
     def finished(self) -> Iterator[Outcome]:
         """Every outcome of the report, the successes rebuilt with light actions."""
-        for op, path, reason, nbytes, deleted in self.done:  # every field, built in C
+        for op, path, reason, nbytes in self.done:  # every field, built in C
             yield new_tuple(Outcome, (new_tuple(Action, (op, path, reason, None, None, None)),
-                                      DONE, nbytes, None, deleted))
+                                      DONE, nbytes, None))
         yield from self.outcomes
 
 

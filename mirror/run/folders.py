@@ -12,6 +12,7 @@ BIG_FILE = 16 << 20       # copied as a task of its own, so big files spread ove
 INLINE_COPIES = 512       # past this, a huge flat folder's files are handed back for batching
 NOW = frozenset({Op.CLEANUP, Op.SYMLINK, Op.SPECIAL, Op.SET_META})   # and Op.COPY
 COPY = Op.COPY
+DIR = Kind.DIR
 
 
 class Folder(NamedTuple):
@@ -32,7 +33,8 @@ class FolderResult(NamedTuple):
     """What the master needs after a task: where to go next and what must wait for the end."""
 
     subfolders: tuple[Folder, ...]
-    later: tuple[Action, ...]          # deletions and folder metadata: after all copying
+    later: tuple[Action, ...]          # deletions, what replaces a folder, and folder metadata:
+                                       # after all copying
     handoff: tuple[Action, ...]        # big files and the excess of huge folders: batched by the master
     linked: tuple[LinkedFile, ...]     # -H candidates: decided by the master, which sees every path
     problems: tuple[Problem, ...]
@@ -85,7 +87,9 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             found.files += 1
             found.nbytes += size
             inline_copies += 1
-            if size >= BIG_FILE or inline_copies > INLINE_COPIES:
+            if item.dst is not None and item.dst.kind is DIR:
+                found.later.append(item)  # a folder in the way: replaced after the deletions
+            elif size >= BIG_FILE or inline_copies > INLINE_COPIES:
                 found.handoff.append(item)
             else:
                 finished(apply(item))
@@ -97,7 +101,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             found.skipped += item.src is not None and item.src.kind is Kind.FILE
         elif item.op is Op.MKDIR:
             creates[item.path] = item
-        elif item.op in NOW:
+        elif item.op in NOW and not (item.dst is not None and item.dst.kind is DIR):
             finished(apply(item))
         else:
             found.later.append(item)

@@ -1,6 +1,7 @@
 """Drive a run: hand folders and batches to an engine, count what comes back, emit events."""
 from __future__ import annotations
 
+import errno
 import signal
 import threading
 import time
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import Action, Mode, Op, Outcome, Problem, Status
+from ..model import Action, Kind, Mode, Op, Outcome, Problem, Status
 from ..options import Options
 from ..paths import depth
 from ..plan.compare import UNCHANGED_FILE
@@ -55,6 +56,7 @@ class Runner:
         self.retry: list[Action] = []
         self.hardlinks: list[Action] = []
         self.deletions: list[Action] = []
+        self.replacements: list[Action] = []   # entries whose place a DST folder holds
         self.dir_metas: list[Action] = []
 
     def run(self) -> Report:
@@ -143,7 +145,12 @@ class Runner:
         for problem in result.problems:
             self.notice(problem)
         for action in result.later:
-            (self.deletions if action.op is Op.DELETE else self.dir_metas).append(action)
+            if action.op is Op.DELETE:
+                self.deletions.append(action)
+            elif action.op is Op.DIR_META:
+                self.dir_metas.append(action)
+            else:
+                self.replacements.append(action)
         self.add_to_batches(result.handoff)
         self.add_to_batches(self.decide_linked(result.linked))
 
@@ -153,6 +160,8 @@ class Runner:
             decided = self.planner.decide_linked(item.src, item.dst)
             if isinstance(decided, Problem):
                 self.notice(decided)
+            elif decided.dst is not None and decided.dst.kind is Kind.DIR:
+                self.replacements.append(decided)  # after the folder in its place is deleted
             elif decided.op is Op.HARDLINK:
                 self.hardlinks.append(decided)  # after the file it links to is written
             elif decided.op is Op.SKIP:
@@ -200,13 +209,30 @@ class Runner:
             self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
             self.report.retried += 1
             return
+        self.settle(outcome)
+
+    def settle(self, outcome: Outcome) -> None:
         self.report.record(outcome)
         self.on_event(Finished(outcome))
 
     def finish_phase(self) -> None:
+        """Hard links, then deletions, then what replaces a deleted folder, then folders'
+        metadata. Deletions all pass may_delete, those that clear a folder's place too, so a
+        refusal leaves the folder and fails what would have replaced it."""
+        self.attempt = self.options.retries  # retries are over: what fails now is reported
         self.run_round(self.hardlinks)
-        if self.deletions and self.may_delete():
+        deleted = bool(self.deletions) and self.may_delete()
+        if deleted:
             self.run_by_depth(self.deletions)
+        if self.replacements:
+            if self.deletions and not deleted:
+                for action in self.replacements:
+                    error = OSError(errno.ENOTEMPTY, "not replaced: the folder in its place was not "
+                                    f"deleted ({self.report.deletions_skipped})")
+                    self.settle(Outcome.failed(action, error))
+            else:  # hard links last: one may link to a file that replaces a folder
+                self.run_round([action for action in self.replacements if action.op is not Op.HARDLINK])
+                self.run_round([action for action in self.replacements if action.op is Op.HARDLINK])
         self.run_by_depth(self.dir_metas)
 
     def run_round(self, actions: list[Action]) -> None:

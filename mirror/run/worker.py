@@ -84,7 +84,7 @@ def _count_bytes(nbytes: int) -> None:
 def _finish(outcome: Outcome) -> None:
     if outcome.status is DONE:  # light: a failure keeps its whole action, to be retried
         action = outcome.action
-        _done.append((action.op, action.path, action.reason, outcome.nbytes, outcome.deleted))
+        _done.append((action.op, action.path, action.reason, outcome.nbytes))
     else:
         _failed.append(outcome)
     if time.monotonic() - _last_report >= REPORT_EVERY_S:

@@ -42,6 +42,8 @@ Retries = Annotated[int, typer.Option(
     "--retries", min=0, help="Try failed entries again this many times, after a short pause.")]
 AllowEmptySrc = Annotated[bool, typer.Option(
     "--allow-empty-src", help="Let an empty SRC empty a non-empty DST (refused by default).")]
+DeleteExcluded = Annotated[bool, typer.Option(
+    "--delete-excluded", help="Delete excluded entries in DST too (kept by default).")]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -60,12 +62,13 @@ class View:
 def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list[str] | None,
                   include: list[str] | None, exclude_from: str | None, hard_links: bool,
                   retries: int = 0, max_delete: int | None = None,
-                  allow_empty_src: bool = False) -> Options:
+                  allow_empty_src: bool = False, delete_excluded: bool = False) -> Options:
     from ..plan.filters import read_patterns
     excludes = [*(exclude or ()), *(read_patterns(exclude_from) if exclude_from else ())]
     return Options(jobs=jobs or 0, dry_run=dry_run, checksum=checksum, excludes=tuple(excludes),
                    includes=tuple(include or ()), hard_links=hard_links, retries=retries,
-                   max_delete=max_delete, allow_empty_src=allow_empty_src)
+                   max_delete=max_delete, allow_empty_src=allow_empty_src,
+                   delete_excluded=delete_excluded)
 
 
 @app.command(epilog="Examples: mirror copy ~/photos /mnt/backup/photos; "
@@ -87,17 +90,20 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
 def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
          hard_links: HardLinks = False, retries: Retries = 2, max_delete: MaxDelete = None,
-         allow_empty_src: AllowEmptySrc = False, quiet: Quiet = False, verbose: Verbose = False,
+         allow_empty_src: AllowEmptySrc = False, delete_excluded: DeleteExcluded = False,
+         quiet: Quiet = False, verbose: Verbose = False,
          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
-    Deletes nothing when any entry failed to copy. Excluded paths in DST are kept. An empty
-    SRC never empties a non-empty DST unless --allow-empty-src.
+    Deletes nothing when any entry failed to copy; a folder that a file, link or special
+    file replaces is a deletion too (counted by --max-delete and --dry-run). Excluded paths
+    in DST are kept, with the folders holding them, unless --delete-excluded. An empty SRC
+    never empties a non-empty DST unless --allow-empty-src.
     """
     view = View(quiet, verbose, progress, json_summary, log_file)
     execute(Mode.SYNC, src, dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
-        allow_empty_src))
+        allow_empty_src, delete_excluded))
 
 
 @app.command(epilog="Markers: + only in SRC, - only in DST, * differs (reason given), "
