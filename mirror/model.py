@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import re
 import stat
 from typing import NamedTuple
 
@@ -152,9 +153,34 @@ class SourceError(OSError):
     """An OSError raised while reading SRC (so a vanished source is told apart from DST errors)."""
 
 
+# A name is data: a newline in it must not start a line of its own, nor ESC drive a terminal.
+# Escaped, in Python's notation: C0 controls and DEL (\n, \t, \r, else \x1b), C1 controls as
+# \u0085 (so they differ from the undecodable byte \x85, kept as \x85) and the backslash itself
+# (\\), so that every escape reads back one way.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\\\udc80-\udcff]")
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _NAMED:
+        return _NAMED[char]
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code < 0xA0:
+        return f"\\u{code:04x}"
+    return f"\\x{code - 0xDC00:02x}"  # surrogateescape's stand-in for an undecodable byte
+
+
 def display(path: bytes) -> str:
-    """A relative path for people: undecodable bytes are escaped, never lost."""
-    return path.decode("utf-8", "backslashreplace") if path else "."
+    """A path for people, on one line: controls, backslashes and undecodable bytes escaped."""
+    if not path:
+        return "."
+    text = path.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:
+        return text  # the usual name; controls and lone surrogates are not printable
+    return _UNSAFE.sub(_escape, text)
 
 
 class Severity(Symbol):

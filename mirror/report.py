@@ -1,6 +1,7 @@
 """Report: what a run did, counted from its outcomes; the library's return value."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .errors import describe
@@ -9,14 +10,20 @@ from .model import Action, Kind, Mode, Op, Outcome, Problem, Reason, Severity, S
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A failed entry: its relative path, a one-line message, and the OSError when there was one."""
+    """A failed entry: its relative path, a one-line message (without the path), and the
+    OSError when there was one."""
 
     path: bytes
     message: str
     error: OSError | None = None
 
+    def __str__(self) -> str:
+        """The one form of an error, on stderr and in the log."""
+        return f"{display(self.path)}: {self.message}"
+
     def to_dict(self) -> dict[str, str]:
-        return {"path": display(self.path), "error": self.message}
+        return {"path": os.fsdecode(self.path or b"."), "display": display(self.path),
+                "error": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +36,11 @@ class Difference:
 
     def __str__(self) -> str:
         return f"{self.marker} {display(self.path)}" + (f"  ({self.reason})" if self.reason else "")
+
+    def to_dict(self) -> dict[str, str]:
+        """For --json: `path` gives the bytes back with os.fsencode, `display` is the line's form."""
+        return {"path": os.fsdecode(self.path or b"."), "display": display(self.path),
+                "marker": self.marker, "reason": self.reason}
 
 
 @dataclass
@@ -87,11 +99,11 @@ class Report:
             self.files_skipped += 1
 
     def notice(self, problem: Problem) -> None:
-        message = f"{display(problem.path)}: {problem.message}"
+        message = problem.message
         if problem.error is not None:
             message += f": {describe(problem.error)}"
         if problem.severity is Severity.WARNING:
-            self.warnings.append(message)
+            self.warnings.append(f"{display(problem.path)}: {message}")
         else:
             self.errors.append(Failure(problem.path, message, problem.error))
 
@@ -126,6 +138,7 @@ class Report:
             "temp_files_removed": self.temp_files_removed,
             "retried": self.retried,
             "differences": len(self.differences),
+            "difference_list": [difference.to_dict() for difference in self.differences],
             "errors": [failure.to_dict() for failure in self.errors],
             "warnings": list(self.warnings),
             "deletions_skipped": self.deletions_skipped,

@@ -57,6 +57,7 @@ class View:
     progress: bool | None
     json: bool
     log_file: str | None
+    print0: bool = False
 
 
 def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list[str] | None,
@@ -106,16 +107,28 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
         allow_empty_src, delete_excluded))
 
 
+Print0 = Annotated[bool, typer.Option(
+    "--print0", "-0", help="List each difference as MARKER, a space and the path's raw bytes, "
+    "ended by NUL instead of a newline (for xargs -0). Not with --json, which lists them too.")]
+
+
 @app.command(epilog="Markers: + only in SRC, - only in DST, * differs (reason given), "
              "! could not be read.\n\nExample: mirror check -c /srv/data /mnt/replica\n\n" + EXIT_CODES)
 def check(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
           exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
           hard_links: HardLinks = False, quiet: Quiet = False, verbose: Verbose = False,
-          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
+          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
+          print0: Print0 = False) -> None:
     """Compare SRC and DST: list what sync would change. Exit 0 when identical, 1 when not."""
-    view = View(quiet, verbose, progress, json_summary, log_file)
-    execute(Mode.CHECK, src, dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links))
+    view = View(quiet, verbose, progress, json_summary, log_file, print0)
+
+    def options() -> Options:
+        if print0 and json_summary:  # both want stdout: NUL records would garble the JSON line
+            raise MirrorError("--print0 and --json cannot be used together: the JSON lists the "
+                              "differences too (difference_list)")
+        return build_options(jobs, dry_run, checksum, exclude, include, exclude_from, hard_links)
+
+    execute(Mode.CHECK, src, dst, view, options)
 
 
 def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:

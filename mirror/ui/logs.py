@@ -1,12 +1,12 @@
-"""--log-file: append one line per action and the summary, reopened every run (logrotate-safe)."""
+"""--log-file: append one line per action, the warnings, errors and summary; reopened every run."""
 from __future__ import annotations
 
 import os
 import time
 
 from ..errors import MirrorError
-from ..run.events import Event, Finished, Noticed
-from ..model import display
+from ..model import Status, display
+from ..run.events import Event, Finished
 from .summary import describe_outcome
 
 
@@ -15,7 +15,8 @@ class LogFile:
         try:
             self.stream = open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
         except OSError as error:
-            raise MirrorError(f"cannot open --log-file {path}: {error.strerror}") from None
+            shown = display(os.fsencode(path))
+            raise MirrorError(f"cannot open --log-file {shown}: {error.strerror}") from None
         self.tag = f"mirror[{os.getpid()}]"
 
     def write(self, text: str) -> None:
@@ -23,13 +24,11 @@ class LogFile:
         self.stream.write(f"{stamp} {self.tag} {text}\n")
 
     def __call__(self, event: Event) -> None:
-        if isinstance(event, Finished):
+        """Actions done; what failed is written once, by the session, as stderr says it."""
+        if isinstance(event, Finished) and event.outcome.status is Status.DONE:
             line = describe_outcome(event.outcome)
             if line:
                 self.write(line)
-        elif isinstance(event, Noticed):
-            problem = event.problem
-            self.write(f"{problem.severity.value}: {display(problem.path)}: {problem.message}")
 
     def close(self) -> None:
         self.stream.close()

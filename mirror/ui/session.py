@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..errors import Interrupted, MirrorError
@@ -38,7 +39,8 @@ class Session:
     def run(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
         from ..api import check_tree, copy_tree, sync_tree
         if self.log:
-            self.log.write(f"start: {mode.value} {src} {dst}" + (" (dry run)" if options.dry_run else ""))
+            roots = f"{display(os.fsencode(src))} {display(os.fsencode(dst))}"
+            self.log.write(f"start: {mode.value} {roots}" + (" (dry run)" if options.dry_run else ""))
         self.start_progress()
         if self.view.verbose and not self.view.quiet:
             self.sinks.append(self.print_action)
@@ -85,18 +87,32 @@ class Session:
             self.progress = None
         quiet = self.view.quiet
         if not quiet:
-            for difference in report.differences:
-                print(difference)
+            if self.view.print0:
+                self.print0(report)
+            else:
+                for difference in report.differences:
+                    print(difference)
             for warning in report.warnings:
                 print(f"mirror: warning: {warning}", file=sys.stderr)
         for failure in report.errors:
-            print(f"mirror: error: {display(failure.path)}: {failure.message}", file=sys.stderr)
+            print(f"mirror: error: {failure}", file=sys.stderr)
         summary = summarize(report)
         if not quiet or report.exit_code or report.interrupted:
             print(summary, file=sys.stderr)
-        if self.log:
+        if self.log:  # what stderr says, in the same words: LogFile leaves failures to this
+            for warning in report.warnings:
+                self.log.write(f"warning: {warning}")
             for failure in report.errors:
-                self.log.write(f"error: {display(failure.path)}: {failure.message}")
+                self.log.write(f"error: {failure}")
             self.log.write(f"summary: {summary}")
         if self.view.json:
             print(json.dumps(report.to_dict()), flush=True)
+
+    @staticmethod
+    def print0(report: Report) -> None:
+        """check -0: "MARKER PATH" NUL-terminated, the path's own bytes (a name has no NUL), for xargs -0."""
+        sys.stdout.flush()
+        out = sys.stdout.buffer
+        for difference in report.differences:
+            out.write(difference.marker.encode() + b" " + (difference.path or b".") + b"\0")
+        out.flush()
