@@ -153,6 +153,22 @@ class SourceError(OSError):
     """An OSError raised while reading SRC (so a vanished source is told apart from DST errors)."""
 
 
+# DST cannot take more: after the first of these no new write is started there.
+DST_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# Errors that can go away by themselves (a network filesystem, a file being written): the only
+# ones --retries tries again. EACCES, ENOENT, ENAMETOOLONG, ELOOP, ... will not change.
+RETRYABLE = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR,
+                       errno.EBUSY, errno.ECONNRESET, errno.ECONNABORTED})
+
+
+def fills_dst(error: OSError | None) -> bool:
+    return error is not None and error.errno in DST_FULL and not isinstance(error, SourceError)
+
+
+class NotWritten(OSError):
+    """Not attempted: an earlier write found DST full or read-only."""
+
+
 # A name is data: a newline in it must not start a line of its own, nor ESC drive a terminal.
 # Escaped, in Python's notation: C0 controls and DEL (\n, \t, \r, else \x1b), C1 controls as
 # \u0085 (so they differ from the undecodable byte \x85, kept as \x85) and the backslash itself

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import describe
-from .model import Action, Kind, Mode, Op, Outcome, Problem, Reason, Severity, Status, display
+from .model import Action, Kind, Mode, Op, Outcome, Problem, Reason, Severity, Status, display, fills_dst
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,15 +13,17 @@ class Failure:
     """A failed entry: its relative path, a one-line message (without the path), and the
     OSError when there was one."""
 
-    path: bytes
+    path: bytes | None   # None: a line that counts several entries
     message: str
     error: OSError | None = None
 
     def __str__(self) -> str:
         """The one form of an error, on stderr and in the log."""
-        return f"{display(self.path)}: {self.message}"
+        return self.message if self.path is None else f"{display(self.path)}: {self.message}"
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | None]:
+        if self.path is None:  # a count of entries, not one entry
+            return {"path": None, "display": None, "error": self.message}
         return {"path": os.fsdecode(self.path or b"."), "display": display(self.path),
                 "error": self.message}
 
@@ -66,6 +68,9 @@ class Report:
     elapsed_s: float = 0.0
     deletions_refused: bool = False   # --max-delete stopped them: the run is partial
     interrupted: bool = False
+    dst_full: bool = False            # an ENOSPC, EDQUOT or EROFS was met in DST
+    unwritten: int = 0                # entries failed after it: one line in errors says so
+    unwritten_at: int = 0             # where
 
     @property
     def exit_code(self) -> int:
@@ -82,9 +87,14 @@ class Report:
             self.warnings.append(f"{display(action.path)}: vanished before it was copied")
             return
         if outcome.status is Status.FAILED:
-            self.errors.append(Failure(action.path, describe(outcome.error), outcome.error))
             if action.op is Op.COPY:
                 self.files_failed += 1
+            if fills_dst(outcome.error):
+                if self.dst_full:
+                    self.count_unwritten(outcome.error)
+                    return
+                self.dst_full = True
+            self.errors.append(Failure(action.path, describe(outcome.error), outcome.error))
             return
         if action.op is Op.COPY:
             self.files_copied += 1
@@ -93,6 +103,16 @@ class Report:
             counter = COUNTERS.get(action.op)
             if counter:
                 setattr(self, counter, getattr(self, counter) + 1)
+
+    def count_unwritten(self, error: OSError) -> None:
+        """After DST was found full, one counted line instead of one a entry."""
+        if self.unwritten == 0:
+            self.unwritten_at = len(self.errors)
+            self.errors.append(Failure(None, ""))
+        self.unwritten += 1
+        self.errors[self.unwritten_at] = Failure(
+            None, f"{self.unwritten:,} more {'entry' if self.unwritten == 1 else 'entries'} not "
+            f"written: {describe(error)}", error)
 
     def skip(self, action: Action) -> None:
         if action.src is not None and action.src.kind is Kind.FILE:

@@ -5,11 +5,9 @@ import os
 import stat
 
 from .errors import MirrorError
-from .model import Mode
+from .model import Mode, display
 
-
-def _show(path: bytes) -> str:
-    return os.fsdecode(path)
+_show = display  # names in messages are escaped like every name shown to people
 
 
 def _inside(inner: bytes, outer: bytes) -> bool:
@@ -54,7 +52,11 @@ def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, 
 def make_dst(dst_root: bytes) -> bool:
     """Create DST (and its parents) if missing; True if it was created."""
     if os.path.isdir(dst_root):
-        if not os.access(dst_root, os.W_OK | os.X_OK):
+        # A read-only DST that we own (SRC's 0555 root, copied by an earlier run) is opened up
+        # while entries inside it change, like any folder of the tree; one on a read-only
+        # filesystem, or someone else's, cannot be.
+        if not os.access(dst_root, os.W_OK | os.X_OK) and (
+                os.statvfs(dst_root).f_flag & os.ST_RDONLY or os.stat(dst_root).st_uid != os.geteuid()):
             raise MirrorError(f"destination {_show(dst_root)} is not writable")
         return False
     try:

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
-from ..paths import DirCache, is_temp_name, split
+from ..paths import DirCache, is_temp_name, join, split
 from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
 from .filters import Filter
 from .scan import entry, list_folder, scan_folder, stat_root
@@ -89,8 +89,15 @@ class Planner:
             if quick is not None and dst_st is not None and quick(src_st, dst_st, owner):
                 yield UNCHANGED_FILE  # the common case of a re-run, decided without building entries
                 continue
-            src = entry(self.src_folders, rel, name, src_st)
-            dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
+            try:
+                src = entry(self.src_folders, rel, name, src_st)
+                dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
+            except OSError as error:
+                yield Problem(join(rel, name), Severity.ERROR, "cannot read", error)
+                continue
+            if src is None:
+                yield Problem(join(rel, name), Severity.WARNING, "vanished before it was copied")
+                continue
             if self.filter and self.filter.excludes(src.path, src.kind is DIR):
                 if dst is not None and self.delete_excluded:  # as if SRC did not have it
                     for planned in self.plan_extra(name, dst):
@@ -116,7 +123,12 @@ class Planner:
             if src.kind is DIR and not is_temp_name(name):
                 subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
         for name in sorted(dst_listing):
-            for planned in self.plan_extra(name, entry(self.dst_folders, rel, name, dst_listing[name])):
+            try:
+                dst = entry(self.dst_folders, rel, name, dst_listing[name])
+            except OSError as error:
+                yield Problem(join(rel, name), Severity.ERROR, "cannot read", error)
+                continue
+            for planned in self.plan_extra(name, dst) if dst is not None else ():
                 yield planned
                 changed = True
         stack.extend(reversed(subfolders))

@@ -1,8 +1,10 @@
 """List one folder of a tree as Entries (lstat, never following links)."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import sys
 import time
 from itertools import islice
 
@@ -15,6 +17,10 @@ STAT_THREADS = 8
 FILE = Kind.FILE
 S_ISREG = stat.S_ISREG
 new_tuple = tuple.__new__
+# scandir on a descriptor gives str names, decoded as os.fsdecode does: encoded back the same
+# way (not as UTF-8), names stay the bytes on disk under any locale. os.fsencode itself is a
+# Python call; its two settings, looked up once, make it one C method call a name.
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def entry_from_stat(path: bytes, st: os.stat_result, target: bytes | None = None) -> Entry:
@@ -48,14 +54,14 @@ def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:
     if unstated:
         for name, st in zip(unstated, stat_threads().map(lambda name: lstat_or_none(name, dir_fd), unstated)):
             if st is not None:
-                listing[name.encode("utf-8", "surrogateescape")] = st
+                listing[name.encode(FS_ENCODING, FS_ERRORS)] = st
     return listing
 
 
 def add_lstats(listing: dict[bytes, os.stat_result], items) -> None:
     for item in items:
         try:
-            listing[item.name.encode("utf-8", "surrogateescape")] = item.stat(follow_symlinks=False)
+            listing[item.name.encode(FS_ENCODING, FS_ERRORS)] = item.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue  # removed between listing and lstat: as if never listed
 
@@ -79,15 +85,32 @@ def stat_threads():
     return _threads[1]
 
 
-def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Entry:
-    """The Entry for one listed name; a symlink's target is read here."""
-    target = os.readlink(name, dir_fd=folders.get(rel)) if stat.S_ISLNK(st.st_mode) else None
-    return entry_from_stat(join(rel, name), st, target)
+def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Entry | None:
+    """The Entry for one listed name, a symlink's target read here; None if the name vanished
+    since it was listed. A link replaced by something else since is listed again."""
+    if not stat.S_ISLNK(st.st_mode):
+        return entry_from_stat(join(rel, name), st)
+    dir_fd = folders.get(rel)
+    try:
+        return entry_from_stat(join(rel, name), st, os.readlink(name, dir_fd=dir_fd))
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno != errno.EINVAL:  # EINVAL: not a link any more
+            raise
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.EAGAIN, "changed while it was listed")
+    return entry_from_stat(join(rel, name), st)
 
 
 def scan_folder(folders: DirCache, rel: bytes) -> dict[bytes, Entry]:
-    """The Entries of folder `rel` of a tree, by name."""
-    return {name: entry(folders, rel, name, st) for name, st in list_folder(folders, rel).items()}
+    """The Entries of folder `rel` of a tree, by name (those still there)."""
+    listed = ((name, entry(folders, rel, name, st)) for name, st in list_folder(folders, rel).items())
+    return {name: item for name, item in listed if item is not None}
 
 
 def stat_root(root: bytes) -> Entry:

@@ -6,7 +6,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..model import Action, Entry, Kind, Mode, Op, Outcome, SourceError
+from ..model import Action, Entry, Kind, Mode, NotWritten, Op, Outcome, SourceError, fills_dst
 from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
@@ -16,6 +16,8 @@ from .fastcopy import Copier, OnBytes
 
 # An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
 # not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
+FREEING = frozenset({Op.DELETE, Op.CLEANUP})   # still done when DST is full
+FOLDER_IN_THE_WAY = "a non-empty folder is in the way (sync replaces it, copy does not)"
 PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -34,6 +36,8 @@ class Applier:
         self.files = FileCopier(self.owner, Copier(dst_root), on_bytes, self.place)
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run
+        self.keeps_folders = mode is Mode.COPY
+        self.full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS met in DST
         self.handlers: dict[Op, Callable[[Action], int]] = {
             Op.COPY: self.copy, Op.MKDIR: self.mkdir, Op.SYMLINK: self.symlink,
             Op.SPECIAL: self.special, Op.HARDLINK: self.hardlink, Op.SET_META: self.set_meta,
@@ -42,7 +46,10 @@ class Applier:
 
     def apply(self, action: Action) -> Outcome:
         if self.dry_run:  # counted as done, so a dry run reports what a run would do
-            return Outcome.done(action, action.size)
+            return self.predict(action)
+        if self.full is not None and action.op not in FREEING:
+            return Outcome.failed(action, NotWritten(self.full.errno, self.full.strerror,
+                                                     join(self.dst_root, action.path)))
         try:
             try:
                 nbytes = self.run(action)
@@ -53,8 +60,23 @@ class Applier:
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
             root = self.src_root if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)
+            if fills_dst(error):
+                self.full = error
             return Outcome.failed(action, error)
         return Outcome.done(action, nbytes)
+
+    def predict(self, action: Action) -> Outcome:
+        """A dry run's outcome: done, unless the real run would meet a non-empty folder in the
+        way (copy never deletes one; sync deletes it first), so -n predicts the exit code."""
+        dst = action.dst
+        if (self.keeps_folders and dst is not None and dst.kind is Kind.DIR
+                and action.op is not Op.MKDIR and action.op is not Op.DIR_META and action.op is not Op.DELETE):
+            try:
+                if os.listdir(self.dst.get(action.path)):
+                    return Outcome.failed(action, OSError(errno.ENOTEMPTY, FOLDER_IN_THE_WAY))
+            except OSError as error:
+                return Outcome.failed(action, error)
+        return Outcome.done(action, action.size)
 
     def run(self, action: Action) -> int:
         return self.handlers[action.op](action)
@@ -108,8 +130,7 @@ class Applier:
                 os.rmdir(name, dir_fd=dir_fd)
             except OSError as error:
                 if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise OSError(errno.ENOTEMPTY, "a non-empty folder is in the way "
-                                  "(sync replaces it, copy does not)") from None
+                    raise OSError(errno.ENOTEMPTY, FOLDER_IN_THE_WAY) from None
                 raise
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
@@ -190,10 +211,17 @@ class Applier:
     def dir_meta(self, action: Action) -> int:
         src = action.src
         dir_fd = self.dst.get(action.path)
-        if self.owner:
+        # Planned for every folder whose entries may have changed (-H decides links later, in
+        # the master); one fstat leaves a folder that is already right untouched.
+        st = os.fstat(dir_fd)
+        chowned = self.owner and (st.st_uid, st.st_gid) != (src.uid, src.gid)
+        if chowned:
             os.fchown(dir_fd, src.uid, src.gid)
-        os.fchmod(dir_fd, wanted_perms(src.mode, self.owner))
-        os.utime(dir_fd, ns=(src.mtime_ns, src.mtime_ns))
+        perms = wanted_perms(src.mode, self.owner)
+        if chowned or stat.S_IMODE(st.st_mode) != perms:  # a chown can clear setuid/setgid
+            os.fchmod(dir_fd, perms)
+        if st.st_mtime_ns != src.mtime_ns:
+            os.utime(dir_fd, ns=(src.mtime_ns, src.mtime_ns))
         return 0
 
     def delete(self, action: Action) -> int:
@@ -208,8 +236,11 @@ class Applier:
 
 
 def remove_entry(dir_fd: int, name: bytes, kind: Kind) -> None:
-    if kind is Kind.DIR:
-        os.rmdir(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+    try:
+        if kind is Kind.DIR:
+            os.rmdir(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass  # gone since it was listed: what the deletion wanted
 

@@ -148,6 +148,7 @@ class FileCopier:
         self.place = place
         self.temps = TempFiles()
         self.counted = 0  # bytes the current attempt has reported so far
+        self.restarts = 0  # copies begun again because their source changed
 
     def count(self, nbytes: int) -> None:
         self.counted += nbytes
@@ -178,6 +179,7 @@ class FileCopier:
                     self.on_bytes(-self.counted)
                 if isinstance(error, StaleListing):
                     listed = None
+                    self.restarts += 1
                 elif not isinstance(error, NoAnonymousFiles):  # that one: named from now on
                     raise
         raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)

@@ -31,6 +31,7 @@ class WorkerReport(NamedTuple):
     result: object = None           # a FolderResult, on the final report of a folder task
     done: tuple[Done, ...] = ()     # the ones that succeeded, as plain tuples: most reports
                                     # are these, and plain tuples pickle and unpickle in C
+    restarts: int = 0               # copies begun again because their source changed
 
     def finished(self) -> Iterator[Outcome]:
         """Every outcome of the report, the successes rebuilt with light actions."""
@@ -66,10 +67,16 @@ class Finished(NamedTuple):
     outcome: Outcome
 
 
+class Retrying(NamedTuple):
+    """An entry failed with an error that can go away; it is tried again (--retries)."""
+
+    outcome: Outcome
+
+
 class Noticed(NamedTuple):
     """A problem the planner met: an unreadable folder, a skipped socket."""
 
     problem: Problem
 
 
-Event = Discovered | ScanDone | Progress | Finished | Noticed
+Event = Discovered | ScanDone | Progress | Finished | Retrying | Noticed

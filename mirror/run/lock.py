@@ -5,6 +5,7 @@ import fcntl
 import os
 
 from ..errors import LockHeld, MirrorError
+from ..model import display
 
 
 def lock_dst(dst: bytes) -> int:
@@ -12,12 +13,12 @@ def lock_dst(dst: bytes) -> int:
     try:
         fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
-        raise MirrorError(f"cannot open destination {os.fsdecode(dst)}: {error.strerror}") from None
+        raise MirrorError(f"cannot open destination {display(dst)}: {error.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise LockHeld(f"another mirror run is using {os.fsdecode(dst)}") from None
+        raise LockHeld(f"another mirror run is using {display(dst)}") from None
     return fd
 
 

@@ -10,14 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import Action, Kind, Mode, Op, Outcome, Problem, Status
+from ..model import RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Status, fills_dst
 from ..options import Options
 from ..paths import depth
 from ..plan.compare import UNCHANGED_FILE
 from ..plan.march import Planner, plan
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure
-from .events import Batch, Discovered, Event, Finished, Noticed, Progress, ScanDone, WorkerReport
+from .events import (Batch, Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone,
+                     WorkerReport)
 from .folders import BIG_FILE, Folder, FolderResult, FolderTask
 
 BATCH_FILES = 256
@@ -58,6 +59,7 @@ class Runner:
         self.deletions: list[Action] = []
         self.replacements: list[Action] = []   # entries whose place a DST folder holds
         self.dir_metas: list[Action] = []
+        self.dst_full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS in DST
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -101,6 +103,9 @@ class Runner:
             limit = self.options.jobs * PENDING_PER_JOB
             # Batches first: what folders hand back is then never hoarded while the walk goes on.
             while self.batches and self.engine.pending < limit:
+                if self.dst_full is not None:  # no new write is started in a full DST
+                    self.hold_back(self.batches.popleft())
+                    continue
                 self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
             while self.folders and self.engine.pending < limit:
                 self.submit_folders()
@@ -132,6 +137,7 @@ class Runner:
     def absorb(self, report: WorkerReport) -> None:
         for outcome in report.finished():
             self.record(outcome)
+        self.report.retried += report.restarts
         if report.nbytes:  # after the files it finishes, so a bar drawn now counts them
             self.on_event(Progress(report.nbytes))
         if report.result is not None:
@@ -204,12 +210,23 @@ class Runner:
             self.batches.append(batch)
 
     def record(self, outcome: Outcome) -> None:
-        if (outcome.status is Status.FAILED and outcome.action.op in RETRIED
-                and self.attempt < self.options.retries):
-            self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
-            self.report.retried += 1
-            return
+        if outcome.status is Status.FAILED:
+            error = outcome.error
+            if (outcome.action.op in RETRIED and error is not None and error.errno in RETRYABLE
+                    and self.attempt < self.options.retries):
+                self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
+                self.report.retried += 1
+                self.on_event(Retrying(outcome))
+                return
+            if self.dst_full is None and fills_dst(error):
+                self.dst_full = error
         self.settle(outcome)
+
+    def hold_back(self, actions: list[Action]) -> None:
+        """Fail a batch without starting it: DST is full (or read-only)."""
+        full = self.dst_full
+        for action in actions:
+            self.settle(Outcome.failed(action, NotWritten(full.errno, full.strerror)))
 
     def settle(self, outcome: Outcome) -> None:
         self.report.record(outcome)

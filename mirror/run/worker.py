@@ -96,7 +96,8 @@ def _report(final: bool, result: object = None) -> None:
     # Pickled here, once: the manager then only stores bytes instead of unpickling and
     # pickling every outcome again on its way to the master.
     report = WorkerReport(_task_id, tuple(_failed), _unreported_bytes, final, result,
-                          tuple(_done))
+                          tuple(_done), _applier.files.restarts)
+    _applier.files.restarts = 0
     _queue.put(pickle.dumps(report, pickle.HIGHEST_PROTOCOL))
     _failed.clear()
     _done.clear()
