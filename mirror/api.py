@@ -5,6 +5,7 @@ import os
 
 from .model import Mode
 from .options import Options
+from .plan.filters import Filter
 from .report import Report
 from .roots import check_roots, make_dst, refuse_emptying
 from .run.engine import PoolEngine
@@ -15,6 +16,7 @@ from .run.runner import OnEvent, Runner, check
 def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
               on_event: OnEvent | None) -> Report:
     src_root, dst_root = check_roots(src, dst, mode)
+    Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
     if mode is Mode.SYNC and not options.allow_empty_src:
         refuse_emptying(src_root, dst_root)
     created = False
@@ -48,4 +50,6 @@ def sync_tree(src: str | bytes, dst: str | bytes, options: Options | None = None
 def check_tree(src: str | bytes, dst: str | bytes, options: Options | None = None) -> Report:
     """Compare SRC and DST; report.differences lists what sync would change."""
     src_root, dst_root = check_roots(src, dst, Mode.CHECK)
-    return check(src_root, dst_root, options or Options())
+    options = options or Options()
+    Filter(options.excludes, options.includes)  # a bad pattern stops the check before it starts
+    return check(src_root, dst_root, options)
