@@ -5,6 +5,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from ..errors import MirrorError
+from ..model import display
 
 
 class Filter:
@@ -80,4 +81,5 @@ def read_patterns(path: str) -> list[str]:
         with open(path, encoding="utf-8", errors="surrogateescape") as lines:
             return [line.rstrip("\n") for line in lines if line.strip() and not line.startswith("#")]
     except OSError as error:
-        raise MirrorError(f"cannot read --exclude-from file {path!r}: {error.strerror}") from None
+        shown = display(os.fsencode(path))
+        raise MirrorError(f"cannot read --exclude-from file {shown}: {error.strerror}") from None
