@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine with Python 3 and make:
 #   make run ARGS="copy SRC DST"   creates .venv with mirror on first use, then runs it
-#   make test                      installs the test dependencies too, then runs the suite
+#   make test                      installs the test dependencies too, then runs the suite on
+#                                  every CPython >= 3.10 found (each in .venv-tests/X.Y)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,10 +29,10 @@ run: $(VENV)/.installed
 	@$(VENV)/bin/mirror $(ARGS)
 
 test: $(VENV)/.test-installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@bash tests/each_python.sh $(PYTEST_ARGS)
 
 bench: $(VENV)/.bench-installed
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-tests build *.egg-info
