@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -197,7 +198,7 @@ def test_a_full_disk_is_one_error_and_one_counted_line(tmp_path):
         assert len(errors) == 2 and errors[1]["path"] is None
         assert errors[1]["error"].endswith("not written: No space left on device (ENOSPC)")
         assert result.stderr.count("No space left on device") == 2
-        assert open(dst + b"/d0/f0", "rb").read() in (b"old version", b"x" * 20_000)
+        assert Path(os.fsdecode(dst + b"/d0/f0")).read_bytes() in (b"old version", b"x" * 20_000)
         assert temp_files(dst) == []
     finally:
         subprocess.run(["umount", "-l", disk], check=False)

@@ -10,10 +10,11 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import Fifo, File, Link, build, link_groups, needs_root, run_mirror, snapshot, temp_files
+from conftest import Fifo, File, Link, build, needs_root, run_mirror, snapshot, temp_files
 
 needs_rsync = pytest.mark.skipif(shutil.which("rsync") is None,
                                  reason="rsync is not installed (.ci/run installs it with apt-get)")
@@ -131,9 +132,9 @@ def test_a_type_change_that_would_delete_an_excluded_entry_fails_that_entry(tmp_
     result = run_mirror("sync", src, dst, "--exclude", "*.o", "--json")
 
     assert result.returncode == 1
-    assert open(dst + b"/x/keep.o", "rb").read() == b"excluded"
+    assert Path(os.fsdecode(dst + b"/x/keep.o")).read_bytes() == b"excluded"
     assert "x: not replaced: the folder in its place holds excluded entries" in result.stderr
-    assert open(dst + b"/other", "rb").read() == b"copied"
+    assert Path(os.fsdecode(dst + b"/other")).read_bytes() == b"copied"
 
 
 def test_delete_excluded_deletes_them_too(tmp_path):
@@ -143,7 +144,7 @@ def test_delete_excluded_deletes_them_too(tmp_path):
     result = run_mirror("sync", src, dst, "--exclude", "*.o", "--delete-excluded", "--json")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(dst)) == [b"x"] and open(dst + b"/x", "rb").read() == b"file"
+    assert sorted(os.listdir(dst)) == [b"x"] and Path(os.fsdecode(dst + b"/x")).read_bytes() == b"file"
     assert summary(result)["deleted"] == 5   # x/keep.o, x, gone/cache.o, gone, both.o
 
 
