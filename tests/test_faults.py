@@ -232,7 +232,7 @@ def test_read_only_destination_is_refused_with_exit_2(tmp_path):
 
 def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree, monkeypatch):
     from mirror import Options, copy_tree
-    from mirror.run import copyfile
+    from mirror.plan import tree as copyfile  # where the check after a copy lives
     src = make_tree({"log": b"x" * 5000, "calm": b"c"})
     dst = make_tree({"log": b"old"})
     real_unchanged = copyfile.unchanged
@@ -251,7 +251,7 @@ def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tre
 
 def test_a_change_during_the_copy_is_seen(tmp_path):
     from mirror.plan.scan import entry_from_stat
-    from mirror.run.copyfile import unchanged
+    from mirror.plan.tree import unchanged
     path = tmp_path / "f"
     path.write_bytes(b"12345")
     before = entry_from_stat(b"f", os.stat(path))
@@ -295,7 +295,7 @@ def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
     from collections import Counter
 
     from mirror import Options, copy_tree
-    from mirror.run import copyfile
+    from mirror.plan import tree as copyfile  # where the check after a copy lives
     from mirror.run.events import Finished
     src = make_tree({**{f"f{i}": b"x" * i for i in range(40)}, "growing": b"g" * 12345})
     dst = make_tree({})

@@ -24,18 +24,18 @@ def summary(result) -> dict:
 # process lists the folder (the master's workers are forked from it, so they have it too).
 AFTER_LISTING = """
 import os, sys
-from mirror.plan import march
+from mirror.plan import tree
 root, name, change = os.fsencode(sys.argv.pop(1)), os.fsencode(sys.argv.pop(1)), sys.argv.pop(1)
-real = march.list_folder
-def listed(folders, rel):
-    listing = real(folders, rel)
+real = tree.LocalTree.list
+def listed(self, rel):
+    listing = real(self, rel)
     path = os.path.join(root, name)
-    if folders.root == root and name in listing and os.path.lexists(path):
+    if self.path == root and name in listing and os.path.lexists(path):
         os.unlink(path)
         if change == "file":
             open(path, "wb").write(b"a file now")
     return listing
-march.list_folder = listed
+tree.LocalTree.list = listed
 sys.argv[0] = "mirror"
 from mirror.ui.cli import main
 main()

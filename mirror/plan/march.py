@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
-from ..paths import DirCache, is_temp_name, join, split
+from ..paths import is_temp_name, join, split
 from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
 from .filters import Filter
-from .scan import entry, list_folder, scan_folder, stat_root
+from .tree import LocalTree, SourceTree, as_tree
 
 class LinkedFile(NamedTuple):
     """-H: a multiply-linked SRC file, decided where every path to it is seen (decide_linked)."""
@@ -33,16 +33,14 @@ class Planner:
     listing; the runner applies those last, deepest first, after everything inside is written.
     """
 
-    def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options) -> None:
-        self.src_root = src_root
-        self.dst_root = dst_root
+    def __init__(self, src: SourceTree | bytes, dst: LocalTree | bytes, mode: Mode, options: Options) -> None:
+        self.src = as_tree(src)
+        self.dst = as_tree(dst)
         self.mode = mode
         self.options = options
         self.filter = Filter(options.excludes, options.includes)
         self.delete_excluded = options.delete_excluded and mode is not Mode.COPY
         self.same_content = self._same_content if options.checksum else None
-        self.src_folders = DirCache(src_root)
-        self.dst_folders = DirCache(dst_root)
         # Without filters, --checksum or -H, an unchanged regular file is known from lstat alone.
         simple = not (self.filter or options.checksum or options.hard_links)
         self.quick_check = same_file if simple else None
@@ -52,10 +50,10 @@ class Planner:
     def tops(self) -> tuple[Entry, Entry | None]:
         """The two roots as entries; DST's is None in a dry run into a DST not made yet."""
         try:
-            dst_top: Entry | None = stat_root(self.dst_root)
+            dst_top: Entry | None = self.dst.root()
         except FileNotFoundError:
             dst_top = None
-        return stat_root(self.src_root), dst_top
+        return self.src.root(), dst_top
 
     def plan(self) -> Iterator[Planned]:
         stack: list[tuple[Entry, Entry | None]] = [self.tops()]
@@ -68,15 +66,15 @@ class Planner:
             self.close()
 
     def close(self) -> None:
-        self.src_folders.close()
-        self.dst_folders.close()
+        self.src.close()
+        self.dst.close()
 
     def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
                      stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
         rel = src_dir.path
         try:
-            src_listing = list_folder(self.src_folders, rel)
-            dst_listing = list_folder(self.dst_folders, rel) if dst_dir is not None else {}
+            src_listing = self.src.list(rel)
+            dst_listing = self.dst.list(rel) if dst_dir is not None else {}
         except OSError as error:
             yield Problem(rel, Severity.ERROR, "cannot read folder", error)
             return
@@ -90,8 +88,8 @@ class Planner:
                 yield UNCHANGED_FILE  # the common case of a re-run, decided without building entries
                 continue
             try:
-                src = entry(self.src_folders, rel, name, src_st)
-                dst = entry(self.dst_folders, rel, name, dst_st) if dst_st is not None else None
+                src = self.src.entry(rel, name, src_st)
+                dst = self.dst.entry(rel, name, dst_st) if dst_st is not None else None
             except OSError as error:
                 yield Problem(join(rel, name), Severity.ERROR, "cannot read", error)
                 continue
@@ -124,7 +122,7 @@ class Planner:
                 subfolders.append((src, dst if dst is not None and dst.kind is Kind.DIR else None))
         for name in sorted(dst_listing):
             try:
-                dst = entry(self.dst_folders, rel, name, dst_listing[name])
+                dst = self.dst.entry(rel, name, dst_listing[name])
             except OSError as error:
                 yield Problem(join(rel, name), Severity.ERROR, "cannot read", error)
                 continue
@@ -194,7 +192,7 @@ class Planner:
                 item, listed = stack.pop()
                 if item.kind is DIR and not listed:
                     stack.append((item, True))
-                    for _, child in sorted(scan_folder(self.dst_folders, item.path).items(), reverse=True):
+                    for _, child in sorted(self.scan_dst(item.path).items(), reverse=True):
                         if keep is not None and keep.excludes(child.path, child.kind is DIR):
                             holding.add(item.path)
                         else:
@@ -221,10 +219,14 @@ class Planner:
             yield Action(Op.DIR_META, src_dir.path, reason, src_dir, dst_dir)
 
     def _same_content(self, src: Entry, dst: Entry) -> bool:
-        from .checksum import file_digest  # xxhash only when --checksum asks for it
-        return file_digest(self.src_folders, src.path) == file_digest(self.dst_folders, dst.path)
+        return self.src.digest(src.path) == self.dst.digest(dst.path)
+
+    def scan_dst(self, rel: bytes) -> dict[bytes, Entry]:
+        """The Entries of DST's folder `rel` (those still there), by name."""
+        listed = ((name, self.dst.entry(rel, name, st)) for name, st in self.dst.list(rel).items())
+        return {name: item for name, item in listed if item is not None}
 
 
-def plan(src_root: bytes, dst_root: bytes, mode: Mode, options: Options) -> Iterator[Planned]:
+def plan(src: SourceTree | bytes, dst: LocalTree | bytes, mode: Mode, options: Options) -> Iterator[Planned]:
     """The actions that make DST match SRC for `mode`, as a stream."""
-    return Planner(src_root, dst_root, mode, options).plan()
+    return Planner(src, dst, mode, options).plan()

@@ -107,12 +107,6 @@ def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Ent
     return entry_from_stat(join(rel, name), st)
 
 
-def scan_folder(folders: DirCache, rel: bytes) -> dict[bytes, Entry]:
-    """The Entries of folder `rel` of a tree, by name (those still there)."""
-    listed = ((name, entry(folders, rel, name, st)) for name, st in list_folder(folders, rel).items())
-    return {name: item for name, item in listed if item is not None}
-
-
 def stat_root(root: bytes) -> Entry:
     """The tree's root folder itself, following a symlink the user named."""
     return entry_from_stat(b"", os.stat(root))

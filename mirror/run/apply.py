@@ -7,6 +7,7 @@ import stat
 from collections.abc import Callable
 
 from ..model import Action, Entry, Kind, Mode, NotWritten, Op, Outcome, SourceError, fills_dst
+from ..plan.tree import SourceTree, as_tree
 from ..options import Options
 from ..paths import DirCache, join, split, temp_name
 from ..plan.compare import wanted_perms
@@ -24,16 +25,16 @@ PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW |
 class Applier:
     """Applies actions with folders opened relative to the roots, never through DST's links."""
 
-    def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
+    def __init__(self, src: SourceTree | bytes, dst_root: bytes, mode: Mode, options: Options,
                  on_bytes: OnBytes = lambda nbytes: None) -> None:
-        self.src_root, self.dst_root = src_root, dst_root
-        self.src = DirCache(src_root)
+        self.src = as_tree(src)
+        self.dst_root = dst_root
         self.dst = DirCache(dst_root)
         self.links = DirCache(dst_root)  # where -H finds the first copy, kept open like the others
         self.options = options
         self.owner = bool(options.owner)
         self.on_bytes = on_bytes
-        self.files = FileCopier(self.owner, Copier(dst_root), on_bytes, self.place)
+        self.files = FileCopier(self.src, self.owner, Copier(dst_root), on_bytes, self.place)
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run
         self.keeps_folders = mode is Mode.COPY
@@ -58,7 +59,7 @@ class Applier:
                     raise
                 nbytes = self.run_in_writable_folder(action, error)
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
-            root = self.src_root if isinstance(error, SourceError) else self.dst_root
+            root = self.src.path if isinstance(error, SourceError) else self.dst_root
             error.filename = join(root, action.path)
             if fills_dst(error):
                 self.full = error
@@ -106,12 +107,7 @@ class Applier:
 
     def copy(self, action: Action) -> int:
         parent, name = split(action.path)
-        try:
-            src_fd = self.src.get(parent)
-        except OSError as error:
-            raise SourceError(error.errno, error.strerror) from None
-        dst_fd = self.dst.get(parent)
-        return self.files.copy(src_fd, dst_fd, name, action.path, action.dst is None,
+        return self.files.copy(self.dst.get(parent), name, action.path, action.dst is None,
                                self.facts_of(parent), action.src)
 
     def facts_of(self, parent: bytes) -> FolderFacts:

@@ -7,11 +7,10 @@ import stat
 from collections.abc import Callable
 
 from ..model import Entry, SourceError
+from ..plan.tree import SourceTree
 from ..paths import temp_name
-from ..plan.scan import entry_from_stat
 from .fastcopy import CopyBytes, OnBytes
 
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ANONYMOUS_FLAGS = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
 NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})  # "not on this filesystem"
@@ -23,30 +22,8 @@ class SourceChanged(SourceError):
     """SRC's file changed while it was copied; the runner tries it again (--retries)."""
 
 
-def unchanged(before: Entry, after: os.stat_result) -> bool:
-    # ctime too: it moves with every write, chmod and chown, even when mtime is put back
-    return (before.size, before.mtime_ns, before.ctime_ns) == (
-        after.st_size, after.st_mtime_ns, after.st_ctime_ns) and stat.S_ISREG(after.st_mode)
-
-
 class StaleListing(SourceChanged):
     """SRC's file changed between its listing and its copy: copied again, from a fresh fstat."""
-
-
-def open_source(dir_fd: int, name: bytes, path: bytes, listed: Entry | None) -> tuple[int, Entry]:
-    """Open a source file without following links or blocking on a FIFO. With `listed` (its
-    lstat from the listing) no fstat is spent now; without, it must be a regular file now."""
-    try:
-        fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
-    except OSError as error:
-        raise SourceError(error.errno, error.strerror, path) from None
-    if listed is not None:
-        return fd, listed
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise SourceError(errno.EINVAL, "no longer a regular file", path)
-    return fd, entry_from_stat(path, st)
 
 
 class FolderFacts:
@@ -139,8 +116,9 @@ class NoAnonymousFiles(OSError):
 class FileCopier:
     """Copies one regular file into a temporary file, then gives it DST's name."""
 
-    def __init__(self, owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes,
+    def __init__(self, src: SourceTree, owner: bool, copy_bytes: CopyBytes, on_bytes: OnBytes,
                  place: Callable[[int, bytes, bytes, bytes], None]) -> None:
+        self.src = src
         self.owner = owner
         self.perm_bits = 0o7777 if owner else 0o1777  # setuid/setgid only with their owner
         self.copy_bytes = copy_bytes
@@ -154,8 +132,8 @@ class FileCopier:
         self.counted += nbytes
         self.on_bytes(nbytes)
 
-    def copy(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, new: bool,
-             facts: FolderFacts, listed: Entry | None) -> int:
+    def copy(self, dst_dir_fd: int, name: bytes, path: bytes, new: bool, facts: FolderFacts,
+             listed: Entry | None) -> int:
         """Copy SRC's `name`; `place(dir_fd, tmp, name, path)` renames a named temporary file
         over DST's name.
 
@@ -170,7 +148,7 @@ class FileCopier:
         for _attempt in range(3):  # a stale listing and a refused anonymous link, once each
             self.counted = 0
             try:
-                size = self.copy_once(src_dir_fd, dst_dir_fd, name, path, new, facts, listed)
+                size = self.copy_once(dst_dir_fd, name, path, new, facts, listed)
                 if size != self.counted:  # a small file is counted once, when done
                     self.on_bytes(size - self.counted)
                 return size
@@ -184,9 +162,9 @@ class FileCopier:
                     raise
         raise SourceChanged(errno.EAGAIN, "changed while it was copied", path)
 
-    def copy_once(self, src_dir_fd: int, dst_dir_fd: int, name: bytes, path: bytes, new: bool,
-                  facts: FolderFacts, listed: Entry | None) -> int:
-        src_fd, src = open_source(src_dir_fd, name, path, listed)
+    def copy_once(self, dst_dir_fd: int, name: bytes, path: bytes, new: bool, facts: FolderFacts,
+                  listed: Entry | None) -> int:
+        src_fd, src = self.src.open(path, listed)
         # The temporary name is chosen before anything is created under it and removed on the
         # way out whatever happened: a signal raised between the create and a `try` would
         # otherwise leave the file behind.
@@ -199,10 +177,10 @@ class FileCopier:
                 try:
                     self.copy_bytes(src_fd, out, src.size, self.count)
                 except OSError:
-                    if listed is not None and not stat.S_ISREG(os.fstat(src_fd).st_mode):
+                    if listed is not None and not self.src.is_regular(src_fd):
                         raise SourceError(errno.EINVAL, "no longer a regular file", path) from None
                     raise
-                if not unchanged(src, os.fstat(src_fd)):
+                if not self.src.unchanged(src_fd, src):
                     changed = StaleListing if listed is not None else SourceChanged
                     raise changed(errno.EAGAIN, "changed while it was copied", path)
                 set_meta(out, src, self.owner, perms, created)

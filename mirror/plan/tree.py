@@ -1,0 +1,131 @@
+"""Reading a tree: the SourceTree protocol, and LocalTree, which reads a local folder by descriptors."""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Protocol, Union
+
+from ..model import Entry, SourceError
+from ..paths import DirCache, split
+from .scan import entry, entry_from_stat, list_folder, stat_root
+
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class Stat(Protocol):
+    """What a listing gives for each name: the fields of an lstat result that mirror reads."""
+
+    st_mode: int
+    st_size: int
+    st_mtime_ns: int
+    st_ctime_ns: int
+    st_atime_ns: int
+    st_uid: int
+    st_gid: int
+    st_ino: int
+    st_dev: int
+    st_nlink: int
+    st_rdev: int
+
+
+class SourceTree(Protocol):
+    """What planning and copying read of a tree; paths are relative bytes, b"/"-separated.
+
+    Planner, Applier and FileCopier read SRC only through this, so a tree that is not local
+    (a `mirror serve` on another machine, a test's tree in memory) plugs in here. DST is read
+    and written through LocalTree and descriptors: it is always local.
+    """
+
+    path: bytes  # where the tree is, for messages
+
+    def root(self) -> Entry:
+        """The tree's root folder (a symlink the user named as the root is followed)."""
+
+    def list(self, rel: bytes) -> dict[bytes, Stat]:
+        """Every entry of folder `rel` with its lstat, by name; OSError if it cannot be read."""
+
+    def entry(self, rel: bytes, name: bytes, st: Stat) -> Entry | None:
+        """The Entry of a listed name, with a link's target; None if it vanished since."""
+
+    def open(self, path: bytes, listed: Entry | None) -> tuple[int, Entry]:
+        """A readable descriptor of the regular file at `path` (a real file's where local, so
+        that copy_file_range and sendfile work) and what was opened: `listed` as given, or,
+        without it, the file as it is now. Raises SourceError."""
+
+    def is_regular(self, fd: int) -> bool:
+        """The opened file is still a regular file (asked when reading it failed)."""
+
+    def unchanged(self, fd: int, before: Entry) -> bool:
+        """The opened file is still as `before` says (size, mtime, ctime), after its copy."""
+
+    def digest(self, path: bytes) -> bytes:
+        """The xxh3-128 digest of the regular file at `path` (--checksum)."""
+
+    def close(self) -> None:
+        """Release what the tree holds open; it opens again when asked."""
+
+
+def unchanged(before: Entry, after: os.stat_result) -> bool:
+    # ctime too: it moves with every write, chmod and chown, even when mtime is put back
+    return (before.size, before.mtime_ns, before.ctime_ns) == (
+        after.st_size, after.st_mtime_ns, after.st_ctime_ns) and stat.S_ISREG(after.st_mode)
+
+
+class LocalTree:
+    """A local folder, read relative to descriptors: every folder is opened one component at a
+    time with O_NOFOLLOW, every file with O_NOFOLLOW from its folder's descriptor, so a link
+    planted in the tree (or a folder swapped for one mid-run) never leads outside it.
+    Picklable: a copy in another process opens its own descriptors."""
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.folders = DirCache(path)
+
+    def __reduce__(self):
+        return LocalTree, (self.path,)
+
+    def root(self) -> Entry:
+        return stat_root(self.path)
+
+    def list(self, rel: bytes) -> dict[bytes, os.stat_result]:
+        return list_folder(self.folders, rel)
+
+    def entry(self, rel: bytes, name: bytes, st: os.stat_result) -> Entry | None:
+        return entry(self.folders, rel, name, st)
+
+    def folder(self, rel: bytes) -> int:
+        """The descriptor of folder `rel` (DST's writes and the -H link cache use it)."""
+        return self.folders.get(rel)
+
+    def open(self, path: bytes, listed: Entry | None) -> tuple[int, Entry]:
+        parent, name = split(path)
+        try:
+            fd = os.open(name, READ_FLAGS, dir_fd=self.folders.get(parent))
+        except OSError as error:
+            raise SourceError(error.errno, error.strerror, path) from None
+        if listed is not None:  # the listing's lstat: no fstat now (a round trip on NFS)
+            return fd, listed
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise SourceError(errno.EINVAL, "no longer a regular file", path)
+        return fd, entry_from_stat(path, st)
+
+    def is_regular(self, fd: int) -> bool:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+
+    def unchanged(self, fd: int, before: Entry) -> bool:
+        return unchanged(before, os.fstat(fd))
+
+    def digest(self, path: bytes) -> bytes:
+        from .checksum import file_digest  # xxhash only when --checksum asks for it
+        return file_digest(self.folders, path)
+
+    def close(self) -> None:
+        self.folders.close()
+
+
+def as_tree(tree: Union[SourceTree, str, bytes]) -> SourceTree:
+    """A tree as given, or the LocalTree of a path."""
+    return LocalTree(os.fsencode(tree)) if isinstance(tree, (str, bytes, os.PathLike)) else tree
