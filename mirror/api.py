@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from typing import Union
 
 from .model import Mode
 from .options import Options
 from .plan.filters import Filter
+from .plan.tree import SourceTree
 from .report import Report
 from .roots import check_roots, make_dst, refuse_emptying
 from .run.engine import PoolEngine
@@ -13,12 +15,16 @@ from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner, check
 
 
-def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
+# SRC: a folder's path, or any SourceTree (a remote one, a test's tree in memory).
+Source = Union[str, bytes, os.PathLike, SourceTree]
+
+
+def _transfer(src: Source, dst: str | bytes, mode: Mode, options: Options,
               on_event: OnEvent | None) -> Report:
-    src_root, dst_root = check_roots(src, dst, mode)
+    src_tree, dst_root = check_roots(src, dst, mode)
     Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
     if mode is Mode.SYNC and not options.allow_empty_src:
-        refuse_emptying(src_root, dst_root)
+        refuse_emptying(src_tree, dst_root)
     created = False
     if options.dry_run:
         lock_fd = lock_dst(dst_root) if os.path.isdir(dst_root) else -1
@@ -26,8 +32,8 @@ def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
         created = make_dst(dst_root)
         lock_fd = lock_dst(dst_root)
     try:
-        engine = PoolEngine(src_root, dst_root, mode, options, lock_fd)
-        report = Runner(src_root, dst_root, mode, options, engine, on_event).run()
+        engine = PoolEngine(src_tree, dst_root, mode, options, lock_fd)
+        report = Runner(src_tree, dst_root, mode, options, engine, on_event).run()
         report.dirs_created += created
         return report
     finally:
@@ -35,21 +41,21 @@ def _transfer(src: str | bytes, dst: str | bytes, mode: Mode, options: Options,
             unlock(lock_fd)
 
 
-def copy_tree(src: str | bytes, dst: str | bytes, options: Options | None = None,
+def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,
               on_event: OnEvent | None = None) -> Report:
     """Copy new and changed entries of SRC's contents into DST; never delete anything."""
     return _transfer(src, dst, Mode.COPY, options or Options(), on_event)
 
 
-def sync_tree(src: str | bytes, dst: str | bytes, options: Options | None = None,
+def sync_tree(src: Source, dst: str | bytes, options: Options | None = None,
               on_event: OnEvent | None = None) -> Report:
     """Make DST identical to SRC: copy, then delete what SRC does not have."""
     return _transfer(src, dst, Mode.SYNC, options or Options(), on_event)
 
 
-def check_tree(src: str | bytes, dst: str | bytes, options: Options | None = None) -> Report:
+def check_tree(src: Source, dst: str | bytes, options: Options | None = None) -> Report:
     """Compare SRC and DST; report.differences lists what sync would change."""
-    src_root, dst_root = check_roots(src, dst, Mode.CHECK)
+    src_tree, dst_root = check_roots(src, dst, Mode.CHECK)
     options = options or Options()
     Filter(options.excludes, options.includes)  # a bad pattern stops the check before it starts
-    return check(src_root, dst_root, options)
+    return check(src_tree, dst_root, options)

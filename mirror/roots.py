@@ -5,7 +5,8 @@ import os
 import stat
 
 from .errors import MirrorError
-from .model import Mode, display
+from .model import Kind, Mode, display
+from .plan.tree import LocalTree, SourceTree
 
 _show = display  # names in messages are escaped like every name shown to people
 
@@ -14,23 +15,26 @@ def _inside(inner: bytes, outer: bytes) -> bool:
     return inner.startswith(outer.rstrip(b"/") + b"/")
 
 
-def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, bytes]:
-    """Absolute SRC and DST as bytes, or MirrorError saying why the pair is refused."""
+def check_roots(src: str | bytes | SourceTree, dst: str | bytes, mode: Mode) -> tuple[SourceTree, bytes]:
+    """SRC as a tree and DST as an absolute path, or MirrorError saying why the pair is refused.
+    SRC may be a path (a LocalTree is made of it) or a SourceTree of any kind."""
     # An unset shell variable ("$DST") must never mean the current folder, as rsync and cp refuse.
-    if not src:
-        raise MirrorError("empty source argument")
+    if not isinstance(src, (str, bytes, os.PathLike)):
+        tree, src_root = src, None
+        try:
+            kind = tree.root().kind
+        except OSError as error:
+            raise MirrorError(f"source {_show(tree.path)}: {error.strerror}") from None
+        if kind is not Kind.DIR:
+            raise MirrorError(f"source {_show(tree.path)} is not a folder")
+    else:
+        if not src:
+            raise MirrorError("empty source argument")
+        src_root = check_src(os.path.abspath(os.fsencode(src)))
+        tree = LocalTree(src_root)
     if not dst:
         raise MirrorError("empty destination argument")
-    src_root = os.path.abspath(os.fsencode(src))
     dst_root = os.path.abspath(os.fsencode(dst))
-    try:
-        st = os.stat(src_root)
-    except OSError as error:
-        raise MirrorError(f"source {_show(src_root)}: {error.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise MirrorError(f"source {_show(src_root)} is not a folder")
-    if not os.access(src_root, os.R_OK | os.X_OK):
-        raise MirrorError(f"source {_show(src_root)}: permission denied")
     try:
         dst_st = os.stat(dst_root)
     except FileNotFoundError:
@@ -39,6 +43,24 @@ def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, 
         raise MirrorError(f"destination {_show(dst_root)}: {error.strerror}") from None
     if dst_st is not None and not stat.S_ISDIR(dst_st.st_mode):
         raise MirrorError(f"destination {_show(dst_root)} exists and is not a folder")
+    if src_root is not None:
+        refuse_overlap(src_root, dst_root, mode)
+    return tree, dst_root
+
+
+def check_src(src_root: bytes) -> bytes:
+    try:
+        st = os.stat(src_root)
+    except OSError as error:
+        raise MirrorError(f"source {_show(src_root)}: {error.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MirrorError(f"source {_show(src_root)} is not a folder")
+    if not os.access(src_root, os.R_OK | os.X_OK):
+        raise MirrorError(f"source {_show(src_root)}: permission denied")
+    return src_root
+
+
+def refuse_overlap(src_root: bytes, dst_root: bytes, mode: Mode) -> None:
     real_src, real_dst = os.path.realpath(src_root), os.path.realpath(dst_root)
     if real_src == real_dst:
         raise MirrorError("source and destination are the same folder")
@@ -46,7 +68,6 @@ def check_roots(src: str | bytes, dst: str | bytes, mode: Mode) -> tuple[bytes, 
         raise MirrorError("destination is inside the source: it would copy itself")
     if mode is Mode.SYNC and _inside(real_src, real_dst):
         raise MirrorError("source is inside the destination: sync would delete it")
-    return src_root, dst_root
 
 
 def make_dst(dst_root: bytes) -> bool:
@@ -66,16 +87,20 @@ def make_dst(dst_root: bytes) -> bool:
     return True
 
 
-def refuse_emptying(src_root: bytes, dst_root: bytes) -> None:
+def refuse_emptying(src: SourceTree, dst_root: bytes) -> None:
     """sync from an empty SRC (an unmounted disk, say) must not wipe a non-empty DST."""
-    with os.scandir(src_root) as src_items:
-        if next(src_items, None) is not None:
+    try:
+        if src.list(b""):
             return
+    except OSError as error:
+        raise MirrorError(f"source {_show(src.path)}: {error.strerror}") from None
+    finally:
+        src.close()
     try:
         with os.scandir(dst_root) as dst_items:
             if next(dst_items, None) is None:
                 return
     except FileNotFoundError:
         return
-    raise MirrorError(f"source {_show(src_root)} is empty and the destination is not: refusing to "
+    raise MirrorError(f"source {_show(src.path)} is empty and the destination is not: refusing to "
                       "delete everything in it (pass --allow-empty-src if that is what you want)")

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from mirror.run.fastcopy import (BUFFER, PREALLOCATE_FROM, PREALLOCATE_FS, Copier, copy_local, copy_loop, copy_range,
+from mirror.run.fastcopy import (BUFFER, BIG_FILE, PREALLOCATE_FS, Copier, copy_local, copy_loop, copy_range,
                                   copy_sendfile, filesystem_type)
 
 SIZES = [0, 1, 4095, BUFFER, BUFFER + 1, 3 * BUFFER + 17, (9 << 20) + 5]
@@ -28,7 +28,7 @@ def test_each_method_copies_exactly(tmp_path, method, size):
 
 def test_a_big_file_gets_its_blocks_before_its_bytes(tmp_path, monkeypatch):
     from mirror.run import fastcopy
-    data = os.urandom(PREALLOCATE_FROM + 5)
+    data = os.urandom(BIG_FILE + 5)
     (tmp_path / "src").write_bytes(data)
     reserved = []
 
@@ -48,11 +48,11 @@ def test_a_big_file_gets_its_blocks_before_its_bytes(tmp_path, monkeypatch):
 
 
 def test_a_big_file_that_shrank_keeps_no_preallocated_tail(tmp_path):
-    (tmp_path / "src").write_bytes(b"s" * PREALLOCATE_FROM)
-    listed = PREALLOCATE_FROM + (1 << 20)  # it was bigger when listed
+    (tmp_path / "src").write_bytes(b"s" * BIG_FILE)
+    listed = BIG_FILE + (1 << 20)  # it was bigger when listed
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "wb") as dst:
-        assert copy_local(src.fileno(), dst.fileno(), listed, lambda n: None, reserve=True) == PREALLOCATE_FROM
-    assert (tmp_path / "dst").read_bytes() == b"s" * PREALLOCATE_FROM
+        assert copy_local(src.fileno(), dst.fileno(), listed, lambda n: None, reserve=True) == BIG_FILE
+    assert (tmp_path / "dst").read_bytes() == b"s" * BIG_FILE
 
 
 def test_big_files_are_preallocated_only_where_fallocate_writes_nothing(tmp_path):

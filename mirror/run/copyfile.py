@@ -9,12 +9,11 @@ from collections.abc import Callable
 from ..model import Entry, SourceError
 from ..plan.tree import SourceTree
 from ..paths import temp_name
-from .fastcopy import CopyBytes, OnBytes
+from .fastcopy import BIG_FILE, CopyBytes, OnBytes
 
 WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ANONYMOUS_FLAGS = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
 NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})  # "not on this filesystem"
-NAMED_FROM = 16 << 20     # files this big keep a visible temporary name
 PROC_FD = "/proc/self/fd/%d"
 
 
@@ -171,7 +170,7 @@ class FileCopier:
         tmp, named = temp_name(), False
         try:
             perms = src.mode & self.perm_bits
-            out, named, requested = self.temps.open(dst_dir_fd, new and src.size < NAMED_FROM, perms, tmp)
+            out, named, requested = self.temps.open(dst_dir_fd, new and src.size < BIG_FILE, perms, tmp)
             try:
                 created = facts.learn(out, requested)
                 try:

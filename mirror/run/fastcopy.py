@@ -28,7 +28,9 @@ UNSUPPORTED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSU
 OnBytes = Callable[[int], None]
 CopyBytes = Callable[[int, int, int, OnBytes], int]
 _buffer = bytearray(BUFFER)
-PREALLOCATE_FROM = 16 << 20
+# A big file: copied as a task of its own (big files spread over workers), written under a
+# visible temporary name (it shows where the space goes while it grows), its blocks reserved first.
+BIG_FILE = 16 << 20
 _fallocate = _get_errno = None
 
 
@@ -108,7 +110,7 @@ def copy_local(src_fd: int, dst_fd: int, size: int, on_bytes: OnBytes, reserve: 
         if written < len(data):  # a signal or a nearly full disk: write the rest (or fail)
             write_all(dst_fd, memoryview(data)[written:])
         return len(data)  # no progress call for one write: the caller counts what is left
-    reserve = reserve and size >= PREALLOCATE_FROM
+    reserve = reserve and size >= BIG_FILE
     if reserve:
         preallocate(dst_fd, size)
     try:

@@ -7,8 +7,8 @@ from typing import NamedTuple
 from ..model import Action, Entry, Kind, Op, Outcome, Problem, Status
 from ..plan.compare import UNCHANGED_FILE
 from ..plan.march import LinkedFile, Planner
+from .fastcopy import BIG_FILE
 
-BIG_FILE = 16 << 20       # copied as a task of its own, so big files spread over workers
 INLINE_COPIES = 512       # past this, a huge flat folder's files are handed back for batching
 NOW = frozenset({Op.CLEANUP, Op.SYMLINK, Op.SPECIAL, Op.SET_META})   # and Op.COPY
 COPY = Op.COPY
