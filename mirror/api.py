@@ -10,7 +10,9 @@ from .plan.filters import Filter
 from .plan.tree import SourceTree
 from .report import Report
 from .roots import check_roots, make_dst, refuse_emptying
-from .run.engine import PoolEngine
+from .run.engine import EngineFactory
+from .run.pool import PoolEngine
+from .run.worker import WorkerSpec
 from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner, check
 
@@ -20,7 +22,7 @@ Source = Union[str, bytes, os.PathLike, SourceTree]
 
 
 def _transfer(src: Source, dst: str | bytes, mode: Mode, options: Options,
-              on_event: OnEvent | None) -> Report:
+              on_event: OnEvent | None, engine: EngineFactory) -> Report:
     src_tree, dst_root = check_roots(src, dst, mode)
     Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
     if mode is Mode.SYNC and not options.allow_empty_src:
@@ -32,8 +34,8 @@ def _transfer(src: Source, dst: str | bytes, mode: Mode, options: Options,
         created = make_dst(dst_root)
         lock_fd = lock_dst(dst_root)
     try:
-        engine = PoolEngine(src_tree, dst_root, mode, options, lock_fd)
-        report = Runner(src_tree, dst_root, mode, options, engine, on_event).run()
+        running = engine(WorkerSpec(src_tree, dst_root, mode, options), lock_fd)
+        report = Runner(src_tree, dst_root, mode, options, running, on_event).run()
         report.dirs_created += created
         return report
     finally:
@@ -42,15 +44,18 @@ def _transfer(src: Source, dst: str | bytes, mode: Mode, options: Options,
 
 
 def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,
-              on_event: OnEvent | None = None) -> Report:
-    """Copy new and changed entries of SRC's contents into DST; never delete anything."""
-    return _transfer(src, dst, Mode.COPY, options or Options(), on_event)
+              on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
+    """Copy new and changed entries of SRC's contents into DST; never delete anything.
+
+    `engine` makes the engine that runs the work: the Pool of processes by default,
+    mirror.InlineEngine to run it in this process."""
+    return _transfer(src, dst, Mode.COPY, options or Options(), on_event, engine)
 
 
 def sync_tree(src: Source, dst: str | bytes, options: Options | None = None,
-              on_event: OnEvent | None = None) -> Report:
+              on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
     """Make DST identical to SRC: copy, then delete what SRC does not have."""
-    return _transfer(src, dst, Mode.SYNC, options or Options(), on_event)
+    return _transfer(src, dst, Mode.SYNC, options or Options(), on_event, engine)
 
 
 def check_tree(src: Source, dst: str | bytes, options: Options | None = None) -> Report:

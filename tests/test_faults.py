@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import build, needs_root, run_mirror, snapshot, temp_files
-from mirror.run.engine import stop_processes
+from mirror.run.pool import stop_processes
 
 SMALL_TREE = {**{f"d{i % 20}/f{i}": os.urandom(1 + i % 4000) for i in range(600)},
               **{f"big/b{i}": os.urandom(2 << 20) for i in range(3)}}
@@ -296,7 +296,7 @@ def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
 
     from mirror import Options, copy_tree
     from mirror.plan import tree as copyfile  # where the check after a copy lives
-    from mirror.run.events import Finished
+    from mirror.events import Finished
     src = make_tree({**{f"f{i}": b"x" * i for i in range(40)}, "growing": b"g" * 12345})
     dst = make_tree({})
     seen_once = []
@@ -365,10 +365,12 @@ def test_the_end_of_a_run_never_waits_on_a_manager_that_cannot_go(tmp_path):
     manager (SIGSTOP: it cannot answer or exit) stands in for that here."""
     from mirror.model import Mode
     from mirror.options import Options
-    from mirror.run.engine import PoolEngine
+    from mirror.plan.tree import LocalTree
+    from mirror.run.pool import PoolEngine
+    from mirror.run.worker import WorkerSpec
     (tmp_path / "src").mkdir()
-    engine = PoolEngine(os.fsencode(tmp_path / "src"), os.fsencode(tmp_path / "dst"), Mode.COPY,
-                        Options(jobs=1))
+    engine = PoolEngine(WorkerSpec(LocalTree(os.fsencode(tmp_path / "src")), os.fsencode(tmp_path / "dst"),
+                                   Mode.COPY, Options(jobs=1)))
     manager = engine.manager._process
     os.kill(manager.pid, signal.SIGSTOP)
 
@@ -387,7 +389,7 @@ def test_a_manager_with_a_socket_file_is_shut_down_cleanly(make_tree, tmp_path):
     src = make_tree({"a": b"1"})
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    script = ("import sys, mirror.run.engine as engine; engine.manager_address = lambda: None; "
+    script = ("import sys, mirror.run.pool as engine; engine.manager_address = lambda: None; "
               "from mirror import Options, copy_tree; "
               "sys.exit(copy_tree(sys.argv[1], sys.argv[2], Options(jobs=1)).exit_code)")
     done = subprocess.run([sys.executable, "-c", script, src, tmp_path / "dst"], timeout=60,

@@ -6,7 +6,7 @@ import stat
 
 from conftest import Dir, File, Link, snapshot
 from mirror import Options, copy_tree, sync_tree
-from mirror.run.events import Finished
+from mirror.events import Finished
 
 ONE_JOB = Options(jobs=1)
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import every_case
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Op
-from mirror.run.events import Discovered, Finished, Progress, ScanDone
+from mirror.events import Discovered, Finished, Progress, ScanDone
 
 
 @pytest.mark.parametrize("jobs", [1, 3])

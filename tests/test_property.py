@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, rule
 from conftest import Dir, File, Link, build, snapshot, temp_files
 from mirror import Options, check_tree, sync_tree
 from mirror.errors import Interrupted
-from mirror.run.events import Finished
+from mirror.events import Finished
 
 NAMES = st.sampled_from([b"a", b"b", b"c d", b"\xff\xfe", b"new\nline", b"x" * 200, b".hidden"])
 PATHS = st.lists(NAMES, min_size=1, max_size=3).map(tuple)

@@ -1,6 +1,8 @@
 """How the runner cuts work into tasks, so that every worker gets a share."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from mirror.model import Action, Entry, Kind, Mode, Op, Reason
 from mirror.options import Options
 from mirror.run.folders import BIG_FILE
@@ -17,7 +19,8 @@ def folder_update(name: str) -> Action:
 
 
 def batches_of(actions, jobs: int, tmp_path) -> list[list[Action]]:
-    runner = Runner(bytes(tmp_path), bytes(tmp_path), Mode.COPY, Options(jobs=jobs), engine=None)
+    engine = SimpleNamespace(width=jobs)  # the runner asks the engine how many tasks run at once
+    runner = Runner(bytes(tmp_path), bytes(tmp_path), Mode.COPY, Options(), engine=engine)
     runner.add_to_batches(actions)
     return list(runner.batches)
 

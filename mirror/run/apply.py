@@ -91,8 +91,10 @@ class Applier:
             raise refusal  # root writes anyway: the refusal is real (a read-only mount, ...)
         dir_fd = self.dst.get(split(action.path)[0])
         st = os.fstat(dir_fd)
-        if st.st_uid != os.geteuid() or st.st_mode & 0o300 == 0o300:
+        if st.st_uid != os.geteuid():
             raise refusal
+        if st.st_mode & 0o300 == 0o300:  # opened meanwhile by a worker beside us: once more
+            return self.run(action)      # (a refusal for another reason is raised again)
         os.fchmod(dir_fd, stat.S_IMODE(st.st_mode) | 0o300)
         try:
             return self.run(action)

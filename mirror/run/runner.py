@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import threading
 import time
@@ -10,16 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import Interrupted, Terminated
-from ..model import RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Status, fills_dst
+from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Severity, Status,
+                     fills_dst)
 from ..options import Options
-from ..paths import depth
+from ..paths import DirCache, depth, is_temp_name, split
 from ..plan.compare import UNCHANGED_FILE
 from ..plan.march import Planner, plan
+from ..plan.tree import LocalTree, SourceTree
 from ..report import Failure, Report
-from .engine import Engine, EngineFailure
-from .events import (Batch, Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone,
-                     WorkerReport)
-from .folders import BIG_FILE, Folder, FolderResult, FolderTask
+from .engine import Engine, EngineFailure, LostTask, Message, Task
+from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone
+from .messages import Batch, WorkerReport
+from .copyfile import discard
+from .fastcopy import BIG_FILE
+from .folders import Folder, FolderResult, FolderTask
 
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
@@ -40,13 +45,14 @@ class Runner:
     before it is removed and its metadata is set after everything inside it.
     """
 
-    def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
+    def __init__(self, src: SourceTree, dst_root: bytes, mode: Mode, options: Options,
                  engine: Engine, on_event: OnEvent | None = None) -> None:
-        self.src_root, self.dst_root = src_root, dst_root
+        self.dst_root = dst_root
         self.mode, self.options, self.engine = mode, options, engine
+        self.width = engine.width
         self.on_event = on_event or (lambda event: None)
-        self.report = Report(mode, options.jobs, options.dry_run)
-        self.planner = Planner(src_root, dst_root, mode, options)  # -H decisions, in one place
+        self.report = Report(mode, self.width, options.dry_run)
+        self.planner = Planner(src, LocalTree(dst_root), mode, options)  # -H decisions, in one place
         self.folders: list[Folder] = []
         self.batches: deque[list[Action]] = deque()
         self.folders_pending = 0
@@ -60,6 +66,8 @@ class Runner:
         self.replacements: list[Action] = []   # entries whose place a DST folder holds
         self.dir_metas: list[Action] = []
         self.dst_full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS in DST
+        self.rerun: set[int] = set()           # tasks run again after their worker died
+        self.lost: list[Task] = []             # tasks whose worker died: their temporary files
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -67,18 +75,18 @@ class Runner:
             with sigterm_raises():
                 self.copy_phase()
                 self.finish_phase()
-                self.engine.close()
+                self.take_leftovers(self.engine.close())
         except EngineFailure as failure:
-            self.engine.abort()
-            self.report.errors.append(Failure(b"", f"{failure}; the run is incomplete"))
+            self.take_leftovers(self.engine.abort())
+            self.report.errors.append(Failure(None, f"{failure}; the run is incomplete"))
         except (KeyboardInterrupt, Terminated) as stop:
-            self.engine.abort()
+            self.take_leftovers(self.engine.abort())
             self.report.interrupted = True
             self.report.elapsed_s = time.monotonic() - started
             signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
             raise Interrupted(signum, self.report) from None
         except BaseException:
-            self.engine.abort()
+            self.take_leftovers(self.engine.abort())
             raise
         finally:
             self.planner.close()
@@ -100,7 +108,7 @@ class Runner:
     def drain(self) -> None:
         """Hand out folders and batches until every task, and every one they led to, is done."""
         while self.folders or self.batches or self.engine.pending:
-            limit = self.options.jobs * PENDING_PER_JOB
+            limit = self.width * PENDING_PER_JOB
             # Batches first: what folders hand back is then never hoarded while the walk goes on.
             while self.batches and self.engine.pending < limit:
                 if self.dst_full is not None:  # no new write is started in a full DST
@@ -112,9 +120,43 @@ class Runner:
             if not self.folders and not self.folders_pending:
                 self.end_scan()
             if self.engine.pending:
-                for report in self.engine.receive(0.5):
-                    self.absorb(report)
+                for message in self.engine.receive(0.5):
+                    if type(message) is LostTask:
+                        self.lose(message.task)
+                    else:
+                        self.absorb(message)
+                if self.lost and not self.engine.pending:
+                    sweep_temp_files(self.dst_root, self.lost)  # nothing runs: what is left was theirs
+                    self.lost.clear()
         self.end_scan()
+
+    def lose(self, task: Task) -> None:
+        """A worker died doing `task`: run it once more; if it dies again, its entries failed."""
+        self.lost.append(task)
+        if task.id in self.rerun:
+            self.absorb(failed_report(task))
+        else:
+            self.rerun.add(task.id)
+            self.engine.submit(task)
+
+    def take_leftovers(self, messages: list[Message]) -> None:
+        """What an engine still reported as it stopped: every entry put in place is counted;
+        the temporary files of workers that had to be killed are removed."""
+        telling = True
+        for message in messages:
+            if type(message) is LostTask:
+                self.lost.append(message.task)
+                continue
+            for outcome in message.finished():
+                self.report.record(outcome)
+                if telling:
+                    try:
+                        self.on_event(Finished(outcome))
+                    except (KeyboardInterrupt, Terminated):
+                        telling = False  # a second stop: the counts stay right, sinks hear no more
+        if self.lost:
+            sweep_temp_files(self.dst_root, self.lost)
+            self.lost.clear()
 
     def end_scan(self) -> None:
         """Once, when no folder is left to walk: the totals are final."""
@@ -124,7 +166,7 @@ class Runner:
 
     def submit_folders(self) -> None:
         """A few folders a task when many wait, so that every worker still gets a share."""
-        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (4 * self.options.jobs)))
+        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (4 * self.width)))
         folders = tuple(self.folders[-count:])
         del self.folders[-count:]
         self.submit(FolderTask(self.tasks, folders[::-1]))
@@ -194,7 +236,7 @@ class Runner:
         filesystem each is a few round trips)."""
         if not isinstance(actions, list):
             actions = list(actions)
-        most = max(1, min(BATCH_FILES, -(-len(actions) // self.options.jobs)))
+        most = max(1, min(BATCH_FILES, -(-len(actions) // self.width)))
         batch: list[Action] = []
         size = 0
         for action in actions:
@@ -307,3 +349,36 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+WORKER_DIED = "a worker process died while doing this"
+
+
+def failed_report(task: Task) -> WorkerReport:
+    """The final report of a task whose worker died twice: every entry in it failed."""
+    error = OSError(errno.EIO, WORKER_DIED)
+    if isinstance(task, Batch):
+        return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
+    problems = tuple(Problem(folder.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
+                     for folder in task.folders)
+    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), problems, 0, 0, 0))
+
+
+def sweep_temp_files(dst_root: bytes, tasks: list[Task]) -> None:
+    """Remove what dead workers were writing, in the folders of their tasks."""
+    folders = set()
+    for task in tasks:
+        folders.update([folder.src.path for folder in task.folders] if isinstance(task, FolderTask)
+                       else (split(action.path)[0] for action in task.actions))
+    cache = DirCache(dst_root)
+    try:
+        for folder in folders:
+            try:
+                dir_fd = cache.get(folder)
+                for name in map(os.fsencode, os.listdir(dir_fd)):
+                    if is_temp_name(name):
+                        discard(name, dir_fd)
+            except OSError:
+                pass  # the next run removes what is left
+    finally:
+        cache.close()

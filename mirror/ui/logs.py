@@ -6,7 +6,7 @@ import time
 
 from ..errors import MirrorError
 from ..model import Status, display
-from ..run.events import Event, Finished
+from ..events import Event, Finished
 from .summary import describe_outcome
 
 

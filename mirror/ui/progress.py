@@ -5,7 +5,7 @@ import sys
 import time
 
 from ..model import Op
-from ..run.events import Discovered, Event, Finished, Progress, ScanDone
+from ..events import Discovered, Event, Finished, Progress, ScanDone
 from .summary import size
 
 LINE_EVERY_S = 5.0

@@ -9,7 +9,7 @@ from ..errors import Interrupted, MirrorError
 from ..model import Mode, display
 from ..options import Options
 from ..report import Report
-from ..run.events import Event, Finished
+from ..events import Event, Finished
 from .logs import LogFile
 from .progress import BarSink, LineSink
 from .summary import describe_outcome, summarize

@@ -1,10 +1,10 @@
-"""Small picklable messages: workers -> master through the queue, and engine -> sinks."""
+"""What crosses between the master and its workers: tasks out, reports back (picklable, small)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from ..model import Action, Op, Outcome, Problem, Reason, Status
+from ..model import Action, Op, Outcome, Reason, Status
 
 DONE = Status.DONE
 new_tuple = tuple.__new__
@@ -39,44 +39,3 @@ class WorkerReport(NamedTuple):
             yield new_tuple(Outcome, (new_tuple(Action, (op, path, reason, None, None, None)),
                                       DONE, nbytes, None))
         yield from self.outcomes
-
-
-# What sinks receive (on_event); one Finished per action, whichever engine ran it.
-
-class Discovered(NamedTuple):
-    """More files to copy were found (totals grow while the walk runs)."""
-
-    files: int
-    nbytes: int
-
-
-class ScanDone(NamedTuple):
-    """The walk is over: the totals are final."""
-
-    files: int
-    nbytes: int
-
-
-class Progress(NamedTuple):
-    """Bytes written since the last Progress event."""
-
-    nbytes: int
-
-
-class Finished(NamedTuple):
-    outcome: Outcome
-
-
-class Retrying(NamedTuple):
-    """An entry failed with an error that can go away; it is tried again (--retries)."""
-
-    outcome: Outcome
-
-
-class Noticed(NamedTuple):
-    """A problem the planner met: an unreadable folder, a skipped socket."""
-
-    problem: Problem
-
-
-Event = Discovered | ScanDone | Progress | Finished | Retrying | Noticed
