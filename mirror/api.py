@@ -14,21 +14,23 @@ from .run.engine import EngineFactory
 from .run.pool import PoolEngine
 from .run.worker import WorkerSpec
 from .run.lock import lock_dst, unlock
-from .run.runner import OnEvent, Runner, check
+from .run.runner import OnEvent, Runner
 
 
 # SRC: a folder's path, or any SourceTree (a remote one, a test's tree in memory).
 Source = Union[str, bytes, os.PathLike, SourceTree]
 
 
-def _transfer(src: Source, dst: str | bytes, mode: Mode, options: Options,
-              on_event: OnEvent | None, engine: EngineFactory) -> Report:
+def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: OnEvent | None,
+         engine: EngineFactory) -> Report:
     src_tree, dst_root = check_roots(src, dst, mode)
     Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
     if mode is Mode.SYNC and not options.allow_empty_src:
         refuse_emptying(src_tree, dst_root)
     created = False
-    if options.dry_run:
+    if mode is Mode.CHECK:
+        lock_fd = -1  # check only reads
+    elif options.dry_run:
         lock_fd = lock_dst(dst_root) if os.path.isdir(dst_root) else -1
     else:
         created = make_dst(dst_root)
@@ -49,18 +51,16 @@ def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,
 
     `engine` makes the engine that runs the work: the Pool of processes by default,
     mirror.InlineEngine to run it in this process."""
-    return _transfer(src, dst, Mode.COPY, options or Options(), on_event, engine)
+    return _run(src, dst, Mode.COPY, options or Options(), on_event, engine)
 
 
 def sync_tree(src: Source, dst: str | bytes, options: Options | None = None,
               on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
     """Make DST identical to SRC: copy, then delete what SRC does not have."""
-    return _transfer(src, dst, Mode.SYNC, options or Options(), on_event, engine)
+    return _run(src, dst, Mode.SYNC, options or Options(), on_event, engine)
 
 
-def check_tree(src: Source, dst: str | bytes, options: Options | None = None) -> Report:
-    """Compare SRC and DST; report.differences lists what sync would change."""
-    src_tree, dst_root = check_roots(src, dst, Mode.CHECK)
-    options = options or Options()
-    Filter(options.excludes, options.includes)  # a bad pattern stops the check before it starts
-    return check(src_tree, dst_root, options)
+def check_tree(src: Source, dst: str | bytes, options: Options | None = None,
+               on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
+    """Compare SRC and DST in parallel; report.differences lists what sync would change."""
+    return _run(src, dst, Mode.CHECK, options or Options(), on_event, engine)

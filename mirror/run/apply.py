@@ -36,7 +36,7 @@ class Applier:
         self.on_bytes = on_bytes
         self.files = FileCopier(self.src, self.owner, Copier(dst_root), on_bytes, self.place)
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
-        self.dry_run = options.dry_run
+        self.dry_run = options.dry_run or mode is Mode.CHECK  # check: every action is a difference
         self.keeps_folders = mode is Mode.COPY
         self.full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS met in DST
         self.handlers: dict[Op, Callable[[Action], int]] = {

@@ -15,8 +15,7 @@ from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Pro
                      fills_dst)
 from ..options import Options
 from ..paths import DirCache, depth, is_temp_name, split
-from ..plan.compare import UNCHANGED_FILE
-from ..plan.march import Planner, plan
+from ..plan.march import Planner
 from ..plan.tree import LocalTree, SourceTree
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure, LostTask, Message, Task
@@ -37,7 +36,8 @@ OnEvent = Callable[[Event], None]
 
 
 class Runner:
-    """Hands out folders to the engine as the walk finds them, then the work that must wait.
+    """Hands out folders to the engine as the walk finds them, then the work that must wait;
+    the one driver of copy, sync and check (which plans in the workers and applies nothing).
 
     Workers create, plan and copy one folder each (both listings complete) and send back where
     to go next. Hard links, deletions and folder metadata come back to the master, which hands
@@ -49,6 +49,7 @@ class Runner:
                  engine: Engine, on_event: OnEvent | None = None) -> None:
         self.dst_root = dst_root
         self.mode, self.options, self.engine = mode, options, engine
+        self.checking = mode is Mode.CHECK   # workers plan and compare; nothing is applied
         self.width = engine.width
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, self.width, options.dry_run)
@@ -221,7 +222,10 @@ class Runner:
         return actions
 
     def notice(self, problem: Problem) -> None:
-        self.report.notice(problem)
+        if self.checking:
+            self.report.differ(problem)
+        else:
+            self.report.notice(problem)
         self.on_event(Noticed(problem))
 
     def discover(self, files: int, nbytes: int) -> None:
@@ -234,6 +238,10 @@ class Runner:
         """Big files alone, the rest by count and size, so that every worker gets a share
         (a few hundred folder updates are several batches, not one: on a network
         filesystem each is a few round trips)."""
+        if self.checking:  # check does nothing: a folder's findings are differences at once
+            for action in actions:
+                self.settle(Outcome.done(action))
+            return
         if not isinstance(actions, list):
             actions = list(actions)
         most = max(1, min(BATCH_FILES, -(-len(actions) // self.width)))
@@ -271,7 +279,10 @@ class Runner:
             self.settle(Outcome.failed(action, NotWritten(full.errno, full.strerror)))
 
     def settle(self, outcome: Outcome) -> None:
-        self.report.record(outcome)
+        if self.checking:  # what sync would do, as a difference
+            self.report.differ(outcome.action)
+        else:
+            self.report.record(outcome)
         self.on_event(Finished(outcome))
 
     def finish_phase(self) -> None:
@@ -279,6 +290,10 @@ class Runner:
         metadata. Deletions all pass may_delete, those that clear a folder's place too, so a
         refusal leaves the folder and fails what would have replaced it."""
         self.attempt = self.options.retries  # retries are over: what fails now is reported
+        if self.checking:
+            self.add_to_batches(self.hardlinks + self.deletions + self.replacements + self.dir_metas)
+            self.report.differences.sort(key=lambda difference: difference.path)  # walk order
+            return
         self.run_round(self.hardlinks)
         deleted = bool(self.deletions) and self.may_delete()
         if deleted:
@@ -317,21 +332,6 @@ class Runner:
             return True
         self.report.warnings.append(self.report.deletions_skipped)
         return False
-
-
-def check(src_root: bytes, dst_root: bytes, options: Options) -> Report:
-    """Compare without changing anything: the differences are what sync would change."""
-    started = time.monotonic()
-    report = Report(Mode.CHECK, options.jobs, options.dry_run)
-    for item in plan(src_root, dst_root, Mode.CHECK, options):
-        if item is UNCHANGED_FILE:
-            report.files_skipped += 1
-        elif isinstance(item, Problem) or item.op is not Op.SKIP:
-            report.differ(item)
-        else:
-            report.skip(item)
-    report.elapsed_s = time.monotonic() - started
-    return report
 
 
 @contextmanager

@@ -114,19 +114,20 @@ Print0 = Annotated[bool, typer.Option(
 
 @app.command(epilog="Markers: + only in SRC, - only in DST, * differs (reason given), "
              "! could not be read.\n\nExample: mirror check -c /srv/data /mnt/replica\n\n" + EXIT_CODES)
-def check(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksum: Checksum = False,
+def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
           exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
-          hard_links: HardLinks = False, quiet: Quiet = False, verbose: Verbose = False,
+          hard_links: HardLinks = False, quiet: Quiet = False,
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
           print0: Print0 = False) -> None:
-    """Compare SRC and DST: list what sync would change. Exit 0 when identical, 1 when not."""
-    view = View(quiet, verbose, progress, json_summary, log_file, print0)
+    """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
+    a difference. Changes nothing. Exit 0 when identical, 1 when not."""
+    view = View(quiet, False, progress, json_summary, log_file, print0)
 
     def options() -> Options:
         if print0 and json_summary:  # both want stdout: NUL records would garble the JSON line
             raise MirrorError("--print0 and --json cannot be used together: the JSON lists the "
                               "differences too (difference_list)")
-        return build_options(jobs, dry_run, checksum, exclude, include, exclude_from, hard_links)
+        return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links)
 
     execute(Mode.CHECK, src, dst, view, options)
 

@@ -42,14 +42,13 @@ class Session:
             roots = f"{display(os.fsencode(src))} {display(os.fsencode(dst))}"
             self.log.write(f"start: {mode.value} {roots}" + (" (dry run)" if options.dry_run else ""))
         self.start_progress()
-        if self.view.verbose and not self.view.quiet:
+        if self.view.verbose and not self.view.quiet and mode is not Mode.CHECK:
             self.sinks.append(self.print_action)
+        if mode is Mode.CHECK and self.log is not None:
+            self.sinks.remove(self.log)  # check lists its differences at the end, not actions
+        run = {Mode.COPY: copy_tree, Mode.SYNC: sync_tree, Mode.CHECK: check_tree}[mode]
         try:
-            if mode is Mode.CHECK:
-                report = check_tree(src, dst, options)
-            else:
-                transfer = copy_tree if mode is Mode.COPY else sync_tree
-                report = transfer(src, dst, options, on_event=self.on_event)
+            report = run(src, dst, options, on_event=self.on_event)
         except Interrupted as stop:
             self.finish(stop.report)
             raise
