@@ -17,6 +17,7 @@ from multiprocessing.connection import wait
 from multiprocessing.managers import SyncManager
 from typing import Protocol
 
+from ..errors import HeldStops
 from ..model import Mode, Outcome, Problem, Severity
 from ..options import Options
 from . import worker
@@ -64,6 +65,7 @@ class PoolEngine:
     def __init__(self, src_root: bytes, dst_root: bytes, mode: Mode, options: Options,
                  lock_fd: int = -1) -> None:
         context = multiprocessing.get_context("fork")
+        held = HeldStops()  # until the helpers have their own handlers and can be stopped
         gc.freeze()  # so that the children's collector never writes to (and copies) our pages
         try:
             address = manager_address()
@@ -78,6 +80,9 @@ class PoolEngine:
             self.pool = context.Pool(options.jobs, initializer=worker.init,
                                      initargs=(self.queue, src_root, dst_root, mode, options,
                                                lock_fd, os.getpid(), self.slots, self.slots_used))
+        except BaseException:
+            held.release()
+            raise
         finally:
             gc.unfreeze()
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
@@ -87,6 +92,11 @@ class PoolEngine:
         self.deaths = 0
         self.last_news = time.monotonic()
         self.dst_root = dst_root
+        try:
+            held.release()  # a stop signal that came meanwhile is raised here
+        except BaseException:
+            self.abort()
+            raise
 
     def submit(self, task: Task) -> None:
         self.results[task.id] = self.pool.apply_async(worker.run_task, (task,))

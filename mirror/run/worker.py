@@ -6,6 +6,7 @@ import pickle
 import signal
 import time
 
+from ..errors import STOP_SIGNALS
 from ..model import Mode, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
@@ -30,12 +31,21 @@ _slot = 0
 _stopping = False
 
 
-def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL) -> None:
-    """Helpers leave SIGINT to the master, hold no copy of DST's lock, and die with the master."""
+def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL,
+                   on_sigterm=signal.SIG_DFL) -> None:
+    """Helpers leave SIGINT and SIGHUP to the master, hold no copy of DST's lock, and die with
+    the master; SIGTERM, the master's way to stop them, gets `on_sigterm`, not the master's
+    handler that fork copied."""
+    # SIGHUP as SIGINT: a closed terminal sends it to the whole process group, helpers included.
+    # A worker that died of it would leave its temporary file and its task half done, while the
+    # master, which gets it too, stops every worker cleanly (SIGTERM) and says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if close_fd >= 0:
         os.close(close_fd)
     die_with(master, on_orphan)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while the master forked us
 
 
 def die_with(master: int, signum: int) -> None:
@@ -62,8 +72,7 @@ def init(queue, src_root: bytes, dst_root: bytes, mode: Mode, options: Options, 
          master: int, slots, slots_used) -> None:
     """Pool initializer: the queue proxy is passed once here, not with every task."""
     global _queue, _applier, _planner, _slots, _slot
-    signal.signal(signal.SIGTERM, _stop)
-    ignore_signals(lock_fd, master, signal.SIGTERM)  # SIGTERM: the temporary file is removed
+    ignore_signals(lock_fd, master, signal.SIGTERM, _stop)  # SIGTERM: the temporary file is removed
     with slots_used.get_lock():
         _slot = 2 * (slots_used.value % (len(slots) // 2))
         slots_used.value += 1
