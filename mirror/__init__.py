@@ -1,9 +1,29 @@
 """mirror: copy, sync and check directory trees in parallel."""
-from .api import check_tree, copy_tree, sync_tree
-from .errors import LockHeld, MirrorError
-from .options import Options
-from .report import Difference, Failure, Report
+from __future__ import annotations
+
+from importlib import import_module
+
+TYPE_CHECKING = False  # typing costs 10 ms of start-up
+if TYPE_CHECKING:
+    from .api import check_tree, copy_tree, sync_tree
+    from .errors import LockHeld, MirrorError
+    from .options import Options
+    from .report import Difference, Failure, Report
 
 __all__ = ["copy_tree", "sync_tree", "check_tree", "Options", "Report", "Failure", "Difference",
            "MirrorError", "LockHeld"]
 __version__ = "0.1.0"
+
+# Loaded when first used, not here: the command line must set its signal handlers before
+# multiprocessing and the rest are imported, and this file runs before any of its code.
+_HOMES = {"copy_tree": "api", "sync_tree": "api", "check_tree": "api", "Options": "options",
+          "Report": "report", "Failure": "report", "Difference": "report",
+          "MirrorError": "errors", "LockHeld": "errors"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,5 +1,12 @@
-"""Errors that stop a run before it writes anything; per-entry failures are Outcomes, not errors."""
+"""Errors that stop a run, and the stop signals (SIGINT, SIGTERM, SIGHUP) that become exceptions."""
 from __future__ import annotations
+
+# _signal is the C module under `signal`, loaded with the interpreter: the command line sets
+# its handlers before it imports anything (signal's enums cost 7 ms, long enough for a Ctrl-C).
+import _signal
+
+STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
+_stopping = False  # a stop signal was raised, or the work is done: stop signals are dropped
 
 
 class MirrorError(Exception):
@@ -28,7 +35,88 @@ class Interrupted(Exception):
 
 
 class Terminated(BaseException):
-    """Raised in the master by SIGTERM, as KeyboardInterrupt is by SIGINT."""
+    """Raised in the master by SIGTERM and SIGHUP, and in the command line by SIGINT too (the
+    library leaves SIGINT to KeyboardInterrupt): a BaseException, so no `except Exception` and
+    none of typer's handlers takes it on its way to the run's clean stop."""
+
+    def __init__(self, signum: int = _signal.SIGTERM) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def signal_number(stop: BaseException) -> int:
+    """The signal behind a Terminated or a KeyboardInterrupt."""
+    return stop.signum if isinstance(stop, Terminated) else _signal.SIGINT
+
+
+def raise_stop(signum: int, frame: object) -> None:
+    """Signal handler: the first stop signal raises Terminated. Later ones are dropped, so that
+    a second Ctrl-C cannot cut short the clean-up and the summary the first one started (the
+    workers' stop is bounded: SIGKILL after a few seconds)."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise Terminated(signum)
+
+
+def arm_stop_signals(armed: bool) -> None:
+    """True when a run starts: its first stop signal raises. False when its work is done: a stop
+    then would only cut its summary short."""
+    global _stopping
+    _stopping = not armed
+
+
+def drop_stop_signals() -> None:
+    """The command's work is over: from now on a stop signal changes nothing. Ignored, not left
+    to raise_stop, which Python replaces by the default (death) as it exits."""
+    arm_stop_signals(False)
+    for signum in STOP_SIGNALS:
+        if _signal.getsignal(signum) is raise_stop:
+            _signal.signal(signum, _signal.SIG_IGN)
+
+
+def catch_stop_signals() -> None:
+    """The command line's first act: from here on, a stop signal ends the run cleanly. One
+    ignored when we started stays ignored (nohup's SIGHUP, a background job's SIGINT)."""
+    for signum in STOP_SIGNALS:
+        if _signal.getsignal(signum) != _signal.SIG_IGN:
+            _signal.signal(signum, raise_stop)
+
+
+class HeldStops:
+    """Stop signals held back while the helper processes start. They are blocked in this thread,
+    so a process forked meanwhile starts with them blocked and takes them only once it has set
+    its own handlers (copies of the master's would raise Terminated in it); and the master's
+    Python handlers only note them (another thread, a progress bar's, may take the signal),
+    until release() runs the first one, when the helpers can be stopped again."""
+
+    def __init__(self) -> None:
+        import threading
+        self.noted: list[int] = []
+        self.released = False
+        self.handlers: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                handler = _signal.getsignal(signum)
+                if callable(handler):  # SIG_DFL and SIG_IGN act in the kernel: the mask holds them
+                    self.handlers[signum] = handler
+                    _signal.signal(signum, self.note)
+        self.mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def note(self, signum: int, frame: object) -> None:
+        if not self.released:
+            self.noted.append(signum)
+        else:  # a release cut short by the signal it unblocked left this handler in place
+            self.handlers[signum](signum, frame)
+
+    def release(self) -> None:
+        """Unblock and restore the handlers; a stop signal that came meanwhile raises here."""
+        self.released = True
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, self.mask)
+        for signum, handler in self.handlers.items():
+            _signal.signal(signum, handler)
+        if self.noted:
+            self.handlers[self.noted[0]](self.noted[0], None)
 
 
 def describe(error: OSError) -> str:

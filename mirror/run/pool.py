@@ -15,6 +15,7 @@ import threading
 import time
 from multiprocessing.connection import wait
 
+from ..errors import STOP_SIGNALS, HeldStops
 from .engine import EngineFailure, LostTask, Message, Task
 from .messages import WorkerReport
 from .worker import Worker, WorkerSpec
@@ -56,6 +57,7 @@ class PoolEngine:
     def __init__(self, spec: WorkerSpec, lock_fd: int = -1) -> None:
         self.width = spec.options.jobs
         context = multiprocessing.get_context("fork")
+        held = HeldStops()  # until the helpers have their own handlers and can be stopped
         gc.freeze()  # so that the children's collector never writes to (and copies) our pages
         try:
             address = manager_address()
@@ -70,12 +72,20 @@ class PoolEngine:
             self.pool = context.Pool(self.width, initializer=start_process,
                                      initargs=(self.queue, spec, lock_fd, os.getpid(), self.slots,
                                                self.slots_used))
+        except BaseException:
+            held.release()
+            raise
         finally:
             gc.unfreeze()
         self.results: dict[int, multiprocessing.pool.AsyncResult] = {}
         self.tasks: dict[int, Task] = {}
         self.deaths = 0
         self.last_news = time.monotonic()
+        try:
+            held.release()  # a stop signal that came meanwhile is raised here
+        except BaseException:
+            self.abort()
+            raise
 
     def submit(self, task: Task) -> None:
         self.results[task.id] = self.pool.apply_async(run_task, (task,))
@@ -294,8 +304,7 @@ def start_process(queue, spec: WorkerSpec, lock_fd: int, master: int, slots, slo
     """Pool initializer: signals, the death of the master, a slot, and the Worker; the queue
     proxy is passed once here, not with every task."""
     global _process
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
-    ignore_signals(lock_fd, master, signal.SIGTERM)  # SIGTERM: the temporary file is removed
+    ignore_signals(lock_fd, master, signal.SIGTERM, stop_on_sigterm)  # SIGTERM: the temporary file is removed
     with slots_used.get_lock():
         slot = 2 * (slots_used.value % (len(slots) // 2))
         slots_used.value += 1
@@ -321,12 +330,21 @@ def stop_on_sigterm(signum, frame):
     os._exit(128 + signum)
 
 
-def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL) -> None:
-    """Helpers leave SIGINT to the master, hold no copy of DST's lock, and die with the master."""
+def ignore_signals(close_fd: int = -1, master: int = 0, on_orphan: int = signal.SIGKILL,
+                   on_sigterm=signal.SIG_DFL) -> None:
+    """Helpers leave SIGINT and SIGHUP to the master, hold no copy of DST's lock, and die with
+    the master; SIGTERM, the master's way to stop them, gets `on_sigterm`, not the master's
+    handler that fork copied."""
+    # SIGHUP as SIGINT: a closed terminal sends it to the whole process group, helpers included.
+    # A worker that died of it would leave its temporary file and its task half done, while the
+    # master, which gets it too, stops every worker cleanly (SIGTERM) and says so.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if close_fd >= 0:
         os.close(close_fd)
     die_with(master, on_orphan)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked while the master forked us
 
 
 def die_with(master: int, signum: int) -> None:

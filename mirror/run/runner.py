@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import Interrupted, Terminated
+from ..errors import Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number
 from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Severity, Status,
                      fills_dst)
 from ..options import Options
@@ -84,8 +84,7 @@ class Runner:
             self.take_leftovers(self.engine.abort())
             self.report.interrupted = True
             self.report.elapsed_s = time.monotonic() - started
-            signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
-            raise Interrupted(signum, self.report) from None
+            raise Interrupted(signal_number(stop), self.report) from None
         except BaseException:
             self.take_leftovers(self.engine.abort())
             raise
@@ -336,19 +335,21 @@ class Runner:
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into an exception in the master, so the run can stop cleanly."""
+    """Turn SIGTERM, and SIGHUP unless the program has its own use for it, into an exception in
+    the master, so the run can stop cleanly; the command line's handlers drop them once the
+    work is done."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def stop(signum, frame):
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    wanted = [signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)
+    previous = {signum: signal.signal(signum, raise_stop) for signum in wanted}
+    arm_stop_signals(True)
     try:
         yield
+        arm_stop_signals(False)  # a stop now would only cut the summary short
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 WORKER_DIED = "a worker process died while doing this"

@@ -13,7 +13,8 @@ from ..options import Options
 
 EXIT_CODES = """Exit codes: 0 success (check: identical); 1 partial: some entries failed, --max-delete
 stopped deletions, or (check) the trees differ; 2 usage error or bad input, nothing changed;
-3 another mirror run holds the lock on DST; 130 interrupted (SIGINT); 143 terminated (SIGTERM)."""
+3 another mirror run holds the lock on DST; 129 hung up (SIGHUP: the terminal closed); 130
+interrupted (SIGINT); 143 terminated (SIGTERM)."""
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
@@ -134,8 +135,9 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
 
 def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:
     """Run one command and leave with its exit code; no traceback for anything a user did."""
-    from .session import Session
+    from ..errors import Terminated
     try:
+        from .session import Session
         with Session(view) as session:
             report = session.run(mode, src, dst, make_options())
             code = report.exit_code
@@ -144,11 +146,20 @@ def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:
     except MirrorError as error:
         print(f"mirror: error: {error}", file=sys.stderr)
         code = error.exit_code
-    except KeyboardInterrupt:
-        print("mirror: interrupted", file=sys.stderr)
-        code = 130
+    except (KeyboardInterrupt, Terminated) as stop:  # before the session could take it
+        from .session import stopped_early
+        code = stopped_early(stop, mode, view)
     raise typer.Exit(code)
 
 
 def main() -> None:
-    app()
+    """The `mirror` script; `python -m mirror` caught stop signals before it imported this."""
+    from ..errors import Terminated, catch_stop_signals
+    catch_stop_signals()
+    try:
+        from .session import guard_output
+        guard_output()
+        app()
+    except (KeyboardInterrupt, Terminated) as stop:  # while typer read the arguments
+        from .session import stopped_early
+        sys.exit(stopped_early(stop))

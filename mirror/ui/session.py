@@ -1,11 +1,14 @@
 """One command's presentation: sinks for progress, -v and the log; the summary, errors and JSON."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
+from types import SimpleNamespace
 
-from ..errors import Interrupted, MirrorError
+from ..errors import Interrupted, MirrorError, Terminated, describe, drop_stop_signals, signal_number
 from ..model import Mode, display
 from ..options import Options
 from ..report import Report
@@ -26,6 +29,10 @@ class Session:
         if self.view.log_file:
             self.log = LogFile(self.view.log_file)
             self.sinks.append(self.log)
+            for stream in outputs():
+                stream.on_lost = self.output_lost
+                if stream.lost:
+                    self.output_lost(stream)
         return self
 
     def __exit__(self, kind, error, trace) -> None:
@@ -34,9 +41,28 @@ class Session:
         if self.log is not None:
             if isinstance(error, MirrorError):
                 self.log.write(f"error: {error}")
+            for stream in outputs():
+                stream.on_lost = None
             self.log.close()
 
+    def output_lost(self, stream: Output) -> None:
+        self.log.write(f"{stream.name} {stream.lost}: output stopped")
+
     def run(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
+        try:
+            report = self.work(mode, src, dst, options)
+        except Interrupted as stop:
+            self.finish(stop.report, stop.signum)
+            raise
+        except (KeyboardInterrupt, Terminated) as stop:  # before the run could take it (check: any time)
+            report = Report(mode, options.jobs, options.dry_run)
+            report.interrupted = True
+            self.finish(report, signal_number(stop))
+            raise Interrupted(signal_number(stop), report) from None
+        self.finish(report)
+        return report
+
+    def work(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
         from ..api import check_tree, copy_tree, sync_tree
         if self.log:
             roots = f"{display(os.fsencode(src))} {display(os.fsencode(dst))}"
@@ -47,13 +73,7 @@ class Session:
         if mode is Mode.CHECK and self.log is not None:
             self.sinks.remove(self.log)  # check lists its differences at the end, not actions
         run = {Mode.COPY: copy_tree, Mode.SYNC: sync_tree, Mode.CHECK: check_tree}[mode]
-        try:
-            report = run(src, dst, options, on_event=self.on_event)
-        except Interrupted as stop:
-            self.finish(stop.report)
-            raise
-        self.finish(report)
-        return report
+        return run(src, dst, options, on_event=self.on_event)
 
     def start_progress(self) -> None:
         wanted = self.view.progress
@@ -80,7 +100,8 @@ class Session:
         else:
             print(text, file=stream)
 
-    def finish(self, report: Report) -> None:
+    def finish(self, report: Report, signum: int | None = None) -> None:
+        drop_stop_signals()  # the work is over: a stop now would only cut this short
         if self.progress is not None:
             self.progress.close()
             self.progress = None
@@ -99,13 +120,16 @@ class Session:
         if not quiet or report.exit_code or report.interrupted:
             print(summary, file=sys.stderr)
         if self.log:  # what stderr says, in the same words: LogFile leaves failures to this
+            if signum is not None:
+                self.log.write(f"interrupted by {signal.Signals(signum).name}")
             for warning in report.warnings:
                 self.log.write(f"warning: {warning}")
             for failure in report.errors:
                 self.log.write(f"error: {failure}")
             self.log.write(f"summary: {summary}")
         if self.view.json:
-            print(json.dumps(report.to_dict()), flush=True)
+            print(json.dumps(report.to_dict()))
+        sys.stdout.flush()  # now, while the log is open to say so if stdout is gone
 
     @staticmethod
     def print0(report: Report) -> None:
@@ -115,3 +139,108 @@ class Session:
         for difference in report.differences:
             out.write(difference.marker.encode() + b" " + (difference.path or b".") + b"\0")
         out.flush()
+
+
+def stopped_early(stop: BaseException, mode: Mode | None = None, view=None) -> int:
+    """A stop before a session could take it (while the command was imported or its arguments
+    read): the summary of an interrupted run that did nothing, and the JSON line if --json was
+    given. Returns the exit code."""
+    if view is None:
+        mode, view = read_view(sys.argv[1:])
+    guard_output()
+    report = Report(mode or Mode.COPY, Options().jobs, False)
+    report.interrupted = True
+    with Session(SimpleNamespace(**{**vars(view), "log_file": None})) as session:
+        session.finish(report, signal_number(stop))
+    return 128 + signal_number(stop)
+
+
+def read_view(args: list[str]) -> tuple[Mode, SimpleNamespace]:
+    """Enough of the arguments, read without typer, to summarize a run stopped before typer did."""
+    args = args[:args.index("--")] if "--" in args else args
+    mode = next((Mode(arg) for arg in args if arg in ("copy", "sync", "check")), Mode.COPY)
+    return mode, SimpleNamespace(quiet="-q" in args or "--quiet" in args, verbose=False,
+                                 progress=False, json="--json" in args, log_file=None, print0=False)
+
+
+class Output:
+    """sys.stdout or sys.stderr of the command line: the first write that fails (a closed pipe
+    or descriptor, a full disk, a terminal hung up) ends the output to that stream, never the
+    work; the run's exit code stays the one its work says."""
+
+    def __init__(self, stream, name: str, fd: int) -> None:
+        self.name, self.fd, self.pid = name, fd, os.getpid()
+        self.lost: str | None = None if stream is not None else "closed"
+        self.stream = stream if stream is not None else open(os.devnull, "w")
+        self.on_lost = None
+
+    def write(self, text: str) -> int:
+        if self.lost is None:
+            self.guard(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.lost is None:
+            self.guard(self.stream.flush)
+
+    def isatty(self) -> bool:
+        return self.lost is None and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    @property
+    def buffer(self) -> RawOutput:
+        return RawOutput(self)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def guard(self, write, *args) -> None:
+        try:
+            write(*args)
+        except (OSError, ValueError) as error:  # ValueError: the stream object was closed
+            closed = not isinstance(error, OSError) or error.errno in (errno.EPIPE, errno.EBADF)
+            self.lost = "closed" if closed else f"failed ({describe(error)})"
+            # What the stream still buffers is flushed again at exit: into /dev/null, not into
+            # an "Exception ignored ... BrokenPipeError" on stderr.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.fd)
+            os.close(null)
+            if self.on_lost is not None and os.getpid() == self.pid:  # not in a forked worker
+                self.on_lost(self)
+
+
+class RawOutput:
+    """An Output's bytes (check --print0), under the same guard."""
+
+    def __init__(self, text: Output) -> None:
+        self.text = text
+
+    def write(self, data: bytes) -> None:
+        if self.text.lost is None:
+            self.text.guard(self.text.stream.buffer.write, data)
+
+    def flush(self) -> None:
+        if self.text.lost is None:
+            self.text.guard(self.text.stream.buffer.flush)
+
+
+def guard_output() -> None:
+    """For the command line: sys.stdout and sys.stderr become Outputs, and descriptors 0-2 stay
+    taken (a closed one by /dev/null), so that no file the run opens gets one of them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if not isinstance(getattr(sys, name), Output):
+            setattr(sys, name, Output(getattr(sys, name), name, fd))
+
+
+def outputs() -> list[Output]:
+    return [stream for stream in (sys.stdout, sys.stderr) if isinstance(stream, Output)]
