@@ -7,6 +7,8 @@ import _signal
 
 STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
 _stopping = False  # a stop signal was raised, or the work is done: stop signals are dropped
+_held = False      # the master is taking in a report: a stop waits until it is counted
+_pending = 0       # the stop signal that waits
 
 
 class MirrorError(Exception):
@@ -53,10 +55,30 @@ def raise_stop(signum: int, frame: object) -> None:
     """Signal handler: the first stop signal raises Terminated. Later ones are dropped, so that
     a second Ctrl-C cannot cut short the clean-up and the summary the first one started (the
     workers' stop is bounded: SIGKILL after a few seconds)."""
-    global _stopping
-    if not _stopping:
-        _stopping = True
-        raise Terminated(signum)
+    global _stopping, _pending
+    if _stopping:
+        return
+    if _held:
+        _pending = signum
+        return
+    _stopping = True
+    raise Terminated(signum)
+
+
+class HeldStop:
+    """While the master takes in a worker's report, a stop signal waits: raised in the middle,
+    it would drop the rest of the report, and entries in place would go uncounted."""
+
+    def __enter__(self) -> None:
+        global _held
+        _held = True
+
+    def __exit__(self, *exc: object) -> None:
+        global _held, _pending
+        _held = False
+        if _pending:
+            signum, _pending = _pending, 0
+            raise_stop(signum, None)
 
 
 def arm_stop_signals(armed: bool) -> None:

@@ -5,10 +5,12 @@ import hashlib
 import os
 import resource
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +243,24 @@ def run_as_nobody(function, *args) -> int:
     process.start()
     process.join(60)
     return process.exitcode
+
+
+HANDLED = (1 << signal.SIGTERM - 1) | (1 << signal.SIGHUP - 1)  # their bits in /proc masks
+
+
+def handlers_set(pid: int) -> bool:
+    """mirror has set its handlers for SIGTERM and SIGHUP (Python has none of its own for them),
+    or, its work done, ignores them."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            masks = [int(line.split()[1], 16) for line in status if line.startswith(("SigCgt:", "SigIgn:"))]
+    except OSError:
+        return False
+    return any(mask & HANDLED == HANDLED for mask in masks)
+
+
+def wait_for_handlers(pid: int, timeout: float = 30.0) -> None:
+    """Until mirror has its stop handlers (a signal in Python's own first milliseconds kills it)."""
+    deadline = time.monotonic() + timeout
+    while not handlers_set(pid) and time.monotonic() < deadline:
+        time.sleep(0.002)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import NOBODY, Link, build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files
+from conftest import (NOBODY, Link, build, needs_root, run_as_nobody, run_mirror, snapshot, temp_files,
+                      wait_for_handlers)
 from mirror.ui.cli import app
 
 
@@ -228,3 +229,39 @@ def test_a_second_run_with_hard_links_changes_nothing(tmp_path):
 
     after = {path: os.lstat(os.path.join(os.fsencode(dst), path)).st_ctime_ns for path in before}
     assert after == before, "no chmod, chown or utime on a second run (each moves ctime)"
+
+
+@pytest.mark.parametrize("signum, delay", [(15, 0.1), (2, 0.15), (15, 0.2), (1, 0.25)])
+def test_a_stopped_run_counts_and_logs_every_entry_it_put_in_place(tmp_path, signum, delay):
+    import time
+    src = build(tmp_path / "src", {f"d{folder}/f{number}": b"x" * 3000
+                                   for folder in range(20) for number in range(150)})
+    dst, log = tmp_path / "dst", tmp_path / "log"
+    process = subprocess.Popen([sys.executable, "-m", "mirror", "copy", os.fsdecode(src), dst, "--json",
+                                "--log-file", log], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_handlers(process.pid)
+    time.sleep(delay)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+
+    placed = [path for path, facts in snapshot(dst).items() if facts[0] == stat.S_IFREG] if dst.exists() else []
+    assert process.returncode in (0, 128 + signum), err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["files_copied"] == len(placed)
+    assert sum("] copy " in line for line in log.read_text().splitlines()) == len(placed)
+    assert temp_files(dst) == [] if dst.exists() else True
+
+
+def test_verbose_says_why_an_entry_is_tried_again(make_tree, monkeypatch, cli):
+    from mirror.plan import tree
+    src = make_tree({"growing": b"g" * 12345, "calm": b"c"})
+    dst = make_tree({})
+    real_unchanged = tree.unchanged
+    monkeypatch.setattr(tree, "unchanged", lambda before, after: (
+        before.size != 12345 and real_unchanged(before, after)))  # "growing" changes at every read
+
+    result = cli("copy", "-v", "--retries", "1", "-j", "1", src, dst)
+
+    assert result.exit_code == 1
+    assert "retry    growing: changed while it was copied (EAGAIN)" in result.output
+    assert "retry    calm" not in result.output

@@ -16,27 +16,15 @@ import time
 
 import pytest
 
-from conftest import build, snapshot, temp_files
+from conftest import build, handlers_set, snapshot, temp_files
 
 TREE = {f"d{i % 8}/f{i}": os.urandom(100 + i * 37 % 6000) for i in range(400)}
 MANY_LINES = {f"d{i % 10}/f{i}": b"x" * (i % 50) for i in range(1500)}  # -v: ~50 KB of lines
-HANDLED = (1 << signal.SIGTERM - 1) | (1 << signal.SIGHUP - 1)  # their bits in /proc masks
 GROUP = (signal.SIGINT, signal.SIGHUP)  # Ctrl-C and a hangup reach the process group, kill PID one
 
 
 def command(*args) -> list[str]:
     return [sys.executable, "-m", "mirror", *map(os.fsdecode, args)]
-
-
-def handlers_set(pid: int) -> bool:
-    """mirror has set its handlers for SIGTERM and SIGHUP (Python has none of its own for them),
-    or, its work done, ignores them."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            masks = [int(line.split()[1], 16) for line in status if line.startswith(("SigCgt:", "SigIgn:"))]
-    except OSError:
-        return False
-    return any(mask & HANDLED == HANDLED for mask in masks)
 
 
 def send(process: subprocess.Popen, signum: int) -> None:

@@ -126,8 +126,11 @@ class FileCopier:
         self.temps = TempFiles()
         self.counted = 0  # bytes the current attempt has reported so far
         self.restarts = 0  # copies begun again because their source changed
+        self.stopping = False  # a stop was asked for: the copy under way ends at its next chunk
 
     def count(self, nbytes: int) -> None:
+        if self.stopping:
+            raise SystemExit(128 + 15)  # the temporary file is removed on the way out
         self.counted += nbytes
         self.on_bytes(nbytes)
 

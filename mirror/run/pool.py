@@ -317,16 +317,18 @@ def run_task(task: Task) -> int:
 
 
 def stop_on_sigterm(signum, frame):
-    """In a task, raised inside whatever runs, so that a half-written temporary file is removed
-    (the master repeats SIGTERM until we are gone, and a second one must not cut that clean-up
-    short). Idle, or leaving (the Pool told us to), there is nothing to clean up: exit at once,
-    without raising inside multiprocessing's own exit (a proxy's last message to the manager)."""
+    """In a task, the worker stops at its next safe point: between two entries, or between two
+    chunks of a file, whose temporary file is then removed; every entry in place is reported
+    (the master repeats SIGTERM until we are gone, and kills a worker stuck in a call after a
+    few seconds). Idle, or leaving (the Pool told us to), there is nothing to clean up: exit at
+    once, without raising inside multiprocessing's own exit (a proxy's last message)."""
     global _stopping
     if _stopping:
         return
     _stopping = True
     if _process is not None and _process.busy:
-        raise SystemExit(128 + signum)
+        _process.worker.request_stop()
+        return
     os._exit(128 + signum)
 
 

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number
+from ..errors import HeldStop, Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number
 from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Severity, Status,
                      fills_dst)
 from ..options import Options
@@ -50,6 +50,7 @@ class Runner:
         self.dst_root = dst_root
         self.mode, self.options, self.engine = mode, options, engine
         self.checking = mode is Mode.CHECK   # workers plan and compare; nothing is applied
+        self.held_stop = HeldStop()
         self.width = engine.width
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, self.width, options.dry_run)
@@ -120,11 +121,14 @@ class Runner:
             if not self.folders and not self.folders_pending:
                 self.end_scan()
             if self.engine.pending:
-                for message in self.engine.receive(0.5):
-                    if type(message) is LostTask:
-                        self.lose(message.task)
-                    else:
-                        self.absorb(message)
+                # A stop waits (0.5 s at most) until the report being read is counted: raised
+                # in the middle, it would drop a report the workers no longer have.
+                with self.held_stop:
+                    for message in self.engine.receive(0.5):
+                        if type(message) is LostTask:
+                            self.lose(message.task)
+                        else:
+                            self.absorb(message)
                 if self.lost and not self.engine.pending:
                     sweep_temp_files(self.dst_root, self.lost)  # nothing runs: what is left was theirs
                     self.lost.clear()

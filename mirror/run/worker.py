@@ -14,6 +14,7 @@ from .folders import FolderTask, run_folders
 from .messages import Batch, Done, WorkerReport
 
 REPORT_EVERY_S = 0.1
+STOPPED = 128 + 15   # a worker stopped by the master (SIGTERM)
 DONE = Status.DONE
 
 Emit = Callable[[WorkerReport], None]
@@ -41,6 +42,7 @@ class Worker:
         self.failed: list[Outcome] = []
         self.done: list[Done] = []
         self.last_report = 0.0
+        self.stopping = False  # set by a stop signal: the work ends at the next safe point
 
     def run(self, task: Batch | FolderTask, emit: Emit) -> None:
         self.emit, self.task_id, self.last_report = emit, task.id, time.monotonic()
@@ -57,6 +59,12 @@ class Worker:
         if self.done or self.failed or self.unreported:
             self.report(final=False)
 
+    def request_stop(self) -> None:
+        """A stop takes effect at the next safe point: between two entries (each reported or
+        not begun), or between two chunks of a file (whose temporary file is then removed), so
+        that every entry put in place is reported."""
+        self.stopping = self.applier.files.stopping = True
+
     def count_bytes(self, nbytes: int) -> None:
         self.unreported += nbytes
         if time.monotonic() - self.last_report >= REPORT_EVERY_S:
@@ -68,6 +76,8 @@ class Worker:
             self.done.append((action.op, action.path, action.reason, outcome.nbytes))
         else:
             self.failed.append(outcome)
+        if self.stopping:
+            raise SystemExit(STOPPED)
         if time.monotonic() - self.last_report >= REPORT_EVERY_S:
             self.report(final=False)
 

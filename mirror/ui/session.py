@@ -12,7 +12,7 @@ from ..errors import Interrupted, MirrorError, Terminated, describe, drop_stop_s
 from ..model import Mode, display
 from ..options import Options
 from ..report import Report
-from ..events import Event, Finished
+from ..events import Event, Finished, Retrying
 from .logs import LogFile
 from .progress import BarSink, LineSink
 from .summary import describe_outcome, summarize
@@ -92,6 +92,9 @@ class Session:
             line = describe_outcome(event.outcome)
             if line:
                 self.say(line, sys.stdout)
+        elif isinstance(event, Retrying):  # why it is tried again (--retries)
+            outcome = event.outcome
+            self.say(f"{'retry':<8} {display(outcome.action.path)}: {describe(outcome.error)}", sys.stdout)
 
     def say(self, text: str, stream) -> None:
         """Print a line without tearing the progress bar."""
