@@ -8,17 +8,24 @@ if TYPE_CHECKING:
     from .api import check_tree, copy_tree, sync_tree
     from .errors import LockHeld, MirrorError
     from .options import Options
+    from .plan.tree import LocalTree, SourceTree
     from .report import Difference, Failure, Report
+    from .run.engine import Engine, InlineEngine
+    from .run.pool import PoolEngine
 
+# The public API: these names, and the modules mirror.events (what on_event receives),
+# mirror.model (entries, kinds, ops, reasons), mirror.options, mirror.report and mirror.errors.
 __all__ = ["copy_tree", "sync_tree", "check_tree", "Options", "Report", "Failure", "Difference",
-           "MirrorError", "LockHeld"]
+           "MirrorError", "LockHeld", "SourceTree", "LocalTree", "Engine", "PoolEngine", "InlineEngine"]
 __version__ = "0.1.0"
 
 # Loaded when first used, not here: the command line must set its signal handlers before
 # multiprocessing and the rest are imported, and this file runs before any of its code.
 _HOMES = {"copy_tree": "api", "sync_tree": "api", "check_tree": "api", "Options": "options",
           "Report": "report", "Failure": "report", "Difference": "report",
-          "MirrorError": "errors", "LockHeld": "errors"}
+          "MirrorError": "errors", "LockHeld": "errors", "SourceTree": "plan.tree",
+          "LocalTree": "plan.tree", "Engine": "run.engine", "InlineEngine": "run.engine",
+          "PoolEngine": "run.pool"}
 
 
 def __getattr__(name: str) -> object:

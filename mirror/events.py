@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .model import Outcome, Problem
+from .model import Op, Outcome, Problem, Reason, Status
 
 
 class Discovered(NamedTuple):
@@ -27,13 +27,27 @@ class Progress(NamedTuple):
 
 
 class Finished(NamedTuple):
-    outcome: Outcome
+    """One action is over: what was done (op), where, why, how it ended, the bytes it wrote,
+    and the OSError (errno and paths kept) when it failed. In check, what sync would do."""
+
+    op: Op
+    path: bytes
+    reason: Reason
+    status: Status
+    nbytes: int = 0
+    error: OSError | None = None
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> Finished:
+        action = outcome.action
+        return cls(action.op, action.path, action.reason, outcome.status, outcome.nbytes, outcome.error)
 
 
 class Retrying(NamedTuple):
     """An entry failed with an error that can go away; it is tried again (--retries)."""
 
-    outcome: Outcome
+    path: bytes
+    error: OSError
 
 
 class Noticed(NamedTuple):

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from .errors import MirrorError
+from .model import display
 
 
 def default_jobs() -> int:
@@ -38,3 +39,13 @@ class Options:
             object.__setattr__(self, "owner", os.geteuid() == 0)
         object.__setattr__(self, "excludes", tuple(self.excludes))
         object.__setattr__(self, "includes", tuple(self.includes))
+
+
+def read_patterns(path: str) -> list[str]:
+    """The patterns of an --exclude-from file: one a line, blank lines and # comments skipped."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as lines:
+            return [line.rstrip("\n") for line in lines if line.strip() and not line.startswith("#")]
+    except OSError as error:
+        shown = display(os.fsencode(path))
+        raise MirrorError(f"cannot read --exclude-from file {shown}: {error.strerror}") from None

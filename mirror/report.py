@@ -5,7 +5,11 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import describe
-from .model import Action, Kind, Mode, Op, Outcome, Problem, Reason, Severity, Status, display, fills_dst
+from .model import Action, Kind, Mode, Op, Problem, Reason, Severity, Status, display, fills_dst
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .events import Finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,30 +81,29 @@ class Report:
         """0 when everything was done (check: the trees are identical), 1 when not."""
         return 1 if self.errors or self.differences or self.deletions_refused else 0
 
-    def record(self, outcome: Outcome) -> None:
-        action = outcome.action
-        if action.op is COPY and outcome.status is DONE:  # most outcomes: checked first
+    def record(self, finished: Finished) -> None:
+        if finished.op is COPY and finished.status is DONE:  # most records: checked first
             self.files_copied += 1
-            self.bytes_copied += outcome.nbytes
+            self.bytes_copied += finished.nbytes
             return
-        if outcome.status is Status.VANISHED:
-            self.warnings.append(f"{display(action.path)}: vanished before it was copied")
+        if finished.status is Status.VANISHED:
+            self.warnings.append(f"{display(finished.path)}: vanished before it was copied")
             return
-        if outcome.status is Status.FAILED:
-            if action.op is Op.COPY:
+        if finished.status is Status.FAILED:
+            if finished.op is Op.COPY:
                 self.files_failed += 1
-            if fills_dst(outcome.error):
+            if fills_dst(finished.error):
                 if self.dst_full:
-                    self.count_unwritten(outcome.error)
+                    self.count_unwritten(finished.error)
                     return
                 self.dst_full = True
-            self.errors.append(Failure(action.path, describe(outcome.error), outcome.error))
+            self.errors.append(Failure(finished.path, describe(finished.error), finished.error))
             return
-        if action.op is Op.COPY:
+        if finished.op is Op.COPY:
             self.files_copied += 1
-            self.bytes_copied += outcome.nbytes
+            self.bytes_copied += finished.nbytes
         else:
-            counter = COUNTERS.get(action.op)
+            counter = COUNTERS.get(finished.op)
             if counter:
                 setattr(self, counter, getattr(self, counter) + 1)
 
@@ -127,7 +130,7 @@ class Report:
         else:
             self.errors.append(Failure(problem.path, message, problem.error))
 
-    def differ(self, item: Action | Problem) -> None:
+    def differ(self, item: Action | Finished | Problem) -> None:
         """check: record what sync would change, as a marked line."""
         if isinstance(item, Problem):
             if item.severity is Severity.WARNING:

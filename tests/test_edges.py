@@ -14,6 +14,7 @@ from conftest import NOBODY, File, build, needs_root, run_as_nobody, run_mirror,
 from mirror import Options, copy_tree, sync_tree
 from mirror.model import Action, Mode, Op, Reason, Status
 from mirror.plan.scan import entry_from_stat
+from mirror.events import Finished
 from mirror.report import Report
 from mirror.run.apply import Applier
 
@@ -40,7 +41,7 @@ def test_a_file_that_vanished_after_the_walk_is_a_warning(make_tree):
 
     outcome = apply_one(src, dst, action)
     report = Report(Mode.SYNC, 1, False)
-    report.record(outcome)
+    report.record(Finished.of(outcome))
 
     assert outcome.status is Status.VANISHED
     assert report.errors == [] and report.exit_code == 0

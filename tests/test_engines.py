@@ -28,7 +28,7 @@ def test_the_pool_and_the_inline_engine_give_the_same_tree_and_report(tmp_path):
                            engine=engine)
         assert report.exit_code == 0, (name, report.errors)
         results[name] = (snapshot(dst), link_groups(dst), report.to_dict(),
-                         sorted(e.outcome.action.path for e in events if isinstance(e, Finished)))
+                         sorted(e.path for e in events if isinstance(e, Finished)))
         assert check_tree(src, dst, Options(hard_links=True, checksum=True)).differences == []
     pool, inline = results["pool"], results["inline"]
     assert pool[0] == inline[0] and pool[1] == inline[1] and pool[3] == inline[3]

@@ -318,7 +318,7 @@ def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
     assert report.exit_code == 0, report.errors
     assert report.retried == 2  # restarted at once from a fresh fstat, then tried again
     assert report.files_copied == 41, "each file once: the tree is not copied again"
-    finished = Counter(e.outcome.action.path for e in events if isinstance(e, Finished))
+    finished = Counter(e.path for e in events if isinstance(e, Finished))
     assert finished[b"growing"] == 1 and set(finished.values()) == {1}
     assert (dst / "growing").read_bytes() == (src / "growing").read_bytes()
 

@@ -12,8 +12,8 @@ ONE_JOB = Options(jobs=1)
 
 
 def copied_paths(events) -> dict[bytes, str]:
-    return {e.outcome.action.path: e.outcome.action.reason.value
-            for e in events if isinstance(e, Finished) and e.outcome.action.op.value == "copy"}
+    return {e.path: e.reason.value
+            for e in events if isinstance(e, Finished) and e.op.value == "copy"}
 
 
 def test_second_run_copies_nothing(make_tree, tmp_path):

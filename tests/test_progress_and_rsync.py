@@ -21,8 +21,8 @@ def test_one_finished_event_per_file(make_tree, tmp_path, jobs):
 
     report = copy_tree(src, tmp_path / "dst", Options(jobs=jobs), on_event=events.append)
 
-    finished = Counter(e.outcome.action.path for e in events
-                       if isinstance(e, Finished) and e.outcome.action.op is Op.COPY)
+    finished = Counter(e.path for e in events
+                       if isinstance(e, Finished) and e.op is Op.COPY)
     assert len(finished) == 700 and set(finished.values()) == {1}
     assert sum(e.nbytes for e in events if isinstance(e, Progress)) == report.bytes_copied
     scan_done = [e for e in events if isinstance(e, ScanDone)]

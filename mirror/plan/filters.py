@@ -5,7 +5,6 @@ import os
 from collections.abc import Callable, Iterable
 
 from ..errors import MirrorError
-from ..model import display
 
 
 class Filter:
@@ -74,12 +73,3 @@ def compile_rule(pattern: str, excluded: bool) -> tuple[Callable[[str], object],
     match = regex.fullmatch if "ps_d" in regex.groupindex else regex.search
     return match, excluded, folders_only
 
-
-def read_patterns(path: str) -> list[str]:
-    """The patterns of an --exclude-from file: one a line, blank lines and # comments skipped."""
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as lines:
-            return [line.rstrip("\n") for line in lines if line.strip() and not line.startswith("#")]
-    except OSError as error:
-        shown = display(os.fsencode(path))
-        raise MirrorError(f"cannot read --exclude-from file {shown}: {error.strerror}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from ..events import Finished
 from ..model import Action, Op, Outcome, Reason, Status
 
 DONE = Status.DONE
@@ -33,9 +34,12 @@ class WorkerReport(NamedTuple):
                                     # are these, and plain tuples pickle and unpickle in C
     restarts: int = 0               # copies begun again because their source changed
 
-    def finished(self) -> Iterator[Outcome]:
-        """Every outcome of the report, the successes rebuilt with light actions."""
+    def successes(self) -> Iterator[Finished]:
+        """The successes of the report as the records sinks receive."""
         for op, path, reason, nbytes in self.done:  # every field, built in C
-            yield new_tuple(Outcome, (new_tuple(Action, (op, path, reason, None, None, None)),
-                                      DONE, nbytes, None))
-        yield from self.outcomes
+            yield new_tuple(Finished, (op, path, reason, DONE, nbytes, None))
+
+    def finished(self) -> Iterator[Finished]:
+        """Every entry of the report, failures too, as the records sinks receive."""
+        yield from self.successes()
+        yield from map(Finished.of, self.outcomes)

@@ -151,11 +151,11 @@ class Runner:
             if type(message) is LostTask:
                 self.lost.append(message.task)
                 continue
-            for outcome in message.finished():
-                self.report.record(outcome)
+            for finished in message.finished():
+                self.report.record(finished)
                 if telling:
                     try:
-                        self.on_event(Finished(outcome))
+                        self.on_event(finished)
                     except (KeyboardInterrupt, Terminated):
                         telling = False  # a second stop: the counts stay right, sinks hear no more
         if self.lost:
@@ -181,7 +181,9 @@ class Runner:
         self.tasks += 1
 
     def absorb(self, report: WorkerReport) -> None:
-        for outcome in report.finished():
+        for finished in report.successes():
+            self.done(finished)
+        for outcome in report.outcomes:  # failures keep their whole action, to be retried
             self.record(outcome)
         self.report.retried += report.restarts
         if report.nbytes:  # after the files it finishes, so a bar drawn now counts them
@@ -269,7 +271,7 @@ class Runner:
                     and self.attempt < self.options.retries):
                 self.retry.append(outcome.action)  # only failed entries are tried again, not the tree
                 self.report.retried += 1
-                self.on_event(Retrying(outcome))
+                self.on_event(Retrying(outcome.action.path, error))
                 return
             if self.dst_full is None and fills_dst(error):
                 self.dst_full = error
@@ -282,11 +284,14 @@ class Runner:
             self.settle(Outcome.failed(action, NotWritten(full.errno, full.strerror)))
 
     def settle(self, outcome: Outcome) -> None:
+        self.done(Finished.of(outcome))
+
+    def done(self, finished: Finished) -> None:
         if self.checking:  # what sync would do, as a difference
-            self.report.differ(outcome.action)
+            self.report.differ(finished)
         else:
-            self.report.record(outcome)
-        self.on_event(Finished(outcome))
+            self.report.record(finished)
+        self.on_event(finished)
 
     def finish_phase(self) -> None:
         """Hard links, then deletions, then what replaces a deleted folder, then folders'

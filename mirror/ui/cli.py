@@ -9,7 +9,7 @@ import typer
 
 from ..errors import Interrupted, MirrorError
 from ..model import Mode
-from ..options import Options
+from ..options import Options, read_patterns
 
 EXIT_CODES = """Exit codes: 0 success (check: identical); 1 partial: some entries failed, --max-delete
 stopped deletions, or (check) the trees differ; 2 usage error or bad input, nothing changed;
@@ -65,7 +65,6 @@ def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list
                   include: list[str] | None, exclude_from: str | None, hard_links: bool,
                   retries: int = 0, max_delete: int | None = None,
                   allow_empty_src: bool = False, delete_excluded: bool = False) -> Options:
-    from ..plan.filters import read_patterns
     excludes = [*(exclude or ()), *(read_patterns(exclude_from) if exclude_from else ())]
     return Options(jobs=jobs or 0, dry_run=dry_run, checksum=checksum, excludes=tuple(excludes),
                    includes=tuple(include or ()), hard_links=hard_links, retries=retries,

@@ -7,7 +7,7 @@ import time
 from ..errors import MirrorError
 from ..model import Status, display
 from ..events import Event, Finished
-from .summary import describe_outcome
+from .summary import describe_finished
 
 
 class LogFile:
@@ -25,8 +25,8 @@ class LogFile:
 
     def __call__(self, event: Event) -> None:
         """Actions done; what failed is written once, by the session, as stderr says it."""
-        if isinstance(event, Finished) and event.outcome.status is Status.DONE:
-            line = describe_outcome(event.outcome)
+        if isinstance(event, Finished) and event.status is Status.DONE:
+            line = describe_finished(event)
             if line:
                 self.write(line)
 

@@ -22,7 +22,7 @@ class Counts:
     def take(self, event: Event) -> None:
         if isinstance(event, Discovered):
             self.files_planned += event.files
-        elif isinstance(event, Finished) and event.outcome.action.op is Op.COPY:
+        elif isinstance(event, Finished) and event.op is Op.COPY:
             self.files_done += 1
         elif isinstance(event, Progress):
             self.bytes_done += event.nbytes

@@ -15,7 +15,7 @@ from ..report import Report
 from ..events import Event, Finished, Retrying
 from .logs import LogFile
 from .progress import BarSink, LineSink
-from .summary import describe_outcome, summarize
+from .summary import describe_finished, summarize
 
 
 class Session:
@@ -63,7 +63,7 @@ class Session:
         return report
 
     def work(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
-        from ..api import check_tree, copy_tree, sync_tree
+        from .. import check_tree, copy_tree, sync_tree
         if self.log:
             roots = f"{display(os.fsencode(src))} {display(os.fsencode(dst))}"
             self.log.write(f"start: {mode.value} {roots}" + (" (dry run)" if options.dry_run else ""))
@@ -89,12 +89,11 @@ class Session:
 
     def print_action(self, event: Event) -> None:
         if isinstance(event, Finished):
-            line = describe_outcome(event.outcome)
+            line = describe_finished(event)
             if line:
                 self.say(line, sys.stdout)
         elif isinstance(event, Retrying):  # why it is tried again (--retries)
-            outcome = event.outcome
-            self.say(f"{'retry':<8} {display(outcome.action.path)}: {describe(outcome.error)}", sys.stdout)
+            self.say(f"{'retry':<8} {display(event.path)}: {describe(event.error)}", sys.stdout)
 
     def say(self, text: str, stream) -> None:
         """Print a line without tearing the progress bar."""

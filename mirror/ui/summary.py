@@ -1,7 +1,8 @@
 """The closing paragraph of a run, and the line-per-action text of -v and the log."""
 from __future__ import annotations
 
-from ..model import Mode, Op, Outcome, Reason, Status, display
+from ..events import Finished
+from ..model import Mode, Op, Reason, Status, display
 from ..report import Report
 
 DIR_META_SHOWN = (Reason.PERMS, Reason.OWNER)
@@ -19,15 +20,14 @@ def plural(count: int, noun: str, nouns: str = "") -> str:
     return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
-def describe_outcome(outcome: Outcome) -> str | None:
+def describe_finished(finished: Finished) -> str | None:
     """One line for -v and the log, or None for bookkeeping nobody asked to see."""
-    action = outcome.action
-    if action.op is Op.DIR_META and action.reason not in DIR_META_SHOWN:
+    if finished.op is Op.DIR_META and finished.reason not in DIR_META_SHOWN:
         return None
-    path = display(action.path) + ("/" if action.op in (Op.MKDIR, Op.DIR_META) else "")
-    if outcome.status is Status.DONE:
-        return f"{action.op.value:<8} {path}  ({action.reason.value})"
-    return f"{outcome.status.value:<8} {path}: {outcome.error.strerror if outcome.error else ''}"
+    path = display(finished.path) + ("/" if finished.op in (Op.MKDIR, Op.DIR_META) else "")
+    if finished.status is Status.DONE:
+        return f"{finished.op.value:<8} {path}  ({finished.reason.value})"
+    return f"{finished.status.value:<8} {path}: {finished.error.strerror if finished.error else ''}"
 
 
 def summarize(report: Report) -> str:
