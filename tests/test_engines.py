@@ -48,9 +48,9 @@ def owner_of(name: str):
 def test_every_private_name_the_pool_engine_uses_is_still_there():
     """A Python that moves one fails here, with its name, instead of hanging a run."""
     context = multiprocessing.get_context("fork")
-    pool = context.Pool(1)
     manager = multiprocessing.managers.SyncManager(ctx=context)
-    manager.start()
+    manager.start()  # before the Pool: its threads would make this fork warn
+    pool = context.Pool(1)
     result = pool.apply_async(os.getpid)
     result.get(10)
     holders = {"AsyncResult": result, "Pool": pool, "BaseManager": manager,

@@ -41,6 +41,8 @@ class BarSink:
     def __init__(self) -> None:
         from tqdm import tqdm  # imported only when a bar is shown: it costs start-up time
 
+        tqdm.monitor_interval = 0  # no monitor thread: the workers are forked after the bar starts
+
         self.counts = Counts()
         self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000,
                         desc="scanning", file=sys.stderr, dynamic_ncols=True, leave=True)
