@@ -242,7 +242,11 @@ def test_a_stopped_run_counts_and_logs_every_entry_it_put_in_place(tmp_path, sig
     wait_for_handlers(process.pid)
     time.sleep(delay)
     process.send_signal(signum)
-    out, err = process.communicate(timeout=60)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()  # never left running: a hung run fails the test and goes
+        raise
 
     placed = [path for path, facts in snapshot(dst).items() if facts[0] == stat.S_IFREG] if dst.exists() else []
     assert process.returncode in (0, 128 + signum), err

@@ -235,9 +235,17 @@ def manager_address() -> str | None:
     return f"\0mirror-{os.getpid()}-{secrets.token_hex(8)}"
 
 
+def running(processes: list) -> list:
+    """Those still running. A process is gone when its sentinel is readable, even if its exit
+    status can no longer be read (then exitcode stays None for good: a loop on it never ends)."""
+    alive = [p for p in processes if p.exitcode is None]
+    gone = set(wait([p.sentinel for p in alive], 0)) if alive else set()
+    return [p for p in alive if p.sentinel not in gone]
+
+
 def wait_for_exit(processes: list, deadline: float) -> None:
-    while (alive := [p.sentinel for p in processes if p.exitcode is None]) and time.monotonic() < deadline:
-        wait(alive, deadline - time.monotonic())
+    while (alive := running(processes)) and time.monotonic() < deadline:
+        wait([p.sentinel for p in alive], deadline - time.monotonic())
 
 
 def stop_processes(processes: list, grace_s: float) -> bool:
@@ -245,7 +253,9 @@ def stop_processes(processes: list, grace_s: float) -> bool:
     at the next signal), then SIGKILL after `grace_s`; True when one had to be killed."""
     deadline = time.monotonic() + grace_s
     killed = False
-    while alive := [p for p in processes if p.exitcode is None]:  # exitcode reaps: the pid stays ours
+    while alive := running(processes):  # exitcode reaps: the pid stays ours
+        if time.monotonic() >= deadline + STOP_GRACE_S:
+            return True  # killed and still not seen to go: never wait forever
         late = time.monotonic() >= deadline
         for process in alive:
             try:
