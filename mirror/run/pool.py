@@ -240,6 +240,9 @@ def running(processes: list) -> list:
     status can no longer be read (then exitcode stays None for good: a loop on it never ends)."""
     alive = [p for p in processes if p.exitcode is None]
     gone = set(wait([p.sentinel for p in alive], 0)) if alive else set()
+    for process in alive:
+        if process.sentinel in gone:
+            process.join()  # it has exited: reap its status now (returns at once if none is left)
     return [p for p in alive if p.sentinel not in gone]
 
 
