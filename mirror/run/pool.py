@@ -25,6 +25,7 @@ QUEUE_DRAIN_S = 1.0    # how long a stop reads the reports stopped workers left
 SLOTS = 4096   # one (pid, task id) pair per worker process started, replacements included
 STUCK_S = 1.0        # no report for this long after a worker died: look for a lock it held
 CLOSE_WAIT_S = 5.0   # idle workers leave on their own well within this
+REAP_WAIT_S = 1.0    # a worker whose pipes closed has its exit status within this
 STOP_GRACE_S = 5.0   # then SIGTERM, repeated; SIGKILL after this
 PR_SET_PDEATHSIG = 1
 
@@ -241,8 +242,9 @@ def running(processes: list) -> list:
     alive = [p for p in processes if p.exitcode is None]
     gone = set(wait([p.sentinel for p in alive], 0)) if alive else set()
     for process in alive:
-        if process.sentinel in gone:
-            process.join()  # it has exited: reap its status now (returns at once if none is left)
+        reap_by = time.monotonic() + REAP_WAIT_S
+        while process.sentinel in gone and process.exitcode is None and time.monotonic() < reap_by:
+            time.sleep(0.002)  # its status comes a moment after its pipes close (never join: it can block)
     return [p for p in alive if p.sentinel not in gone]
 
 
