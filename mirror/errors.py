@@ -9,6 +9,7 @@ STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
 _stopping = False  # a stop signal was raised, or the work is done: stop signals are dropped
 _held = False      # the master is taking in a report: a stop waits until it is counted
 _pending = 0       # the stop signal that waits
+_swallowed = 0     # a stop signal raised where Python drops exceptions (see take_stop)
 
 
 class MirrorError(Exception):
@@ -55,14 +56,24 @@ def raise_stop(signum: int, frame: object) -> None:
     """Signal handler: the first stop signal raises Terminated. Later ones are dropped, so that
     a second Ctrl-C cannot cut short the clean-up and the summary the first one started (the
     workers' stop is bounded: SIGKILL after a few seconds)."""
-    global _stopping, _pending
+    global _stopping, _pending, _swallowed
     if _stopping:
         return
     if _held:
         _pending = signum
         return
     _stopping = True
-    raise Terminated(signum)
+    _swallowed = signum  # until it is seen to arrive: raised inside a finalizer or a weakref
+    raise Terminated(signum)  # callback, Python prints it and drops it ("Exception ignored")
+
+
+def take_stop() -> int:
+    """The stop signal whose exception may have been swallowed on its way, or 0. The runner
+    asks between reports: a Terminated that arrived has already ended its loop, so one it
+    still sees was dropped, and it raises it again."""
+    global _swallowed
+    signum, _swallowed = _swallowed, 0
+    return signum
 
 
 class HeldStop:
@@ -100,9 +111,16 @@ def drop_stop_signals() -> None:
 def catch_stop_signals() -> None:
     """The command line's first act: from here on, a stop signal ends the run cleanly. One
     ignored when we started stays ignored (nohup's SIGHUP, a background job's SIGINT)."""
+    import sys
     for signum in STOP_SIGNALS:
         if _signal.getsignal(signum) != _signal.SIG_IGN:
             _signal.signal(signum, raise_stop)
+    default_hook = sys.unraisablehook
+
+    def quiet_about_stops(unraisable) -> None:  # a stop dropped there is raised again later
+        if not isinstance(unraisable.exc_value, Terminated):
+            default_hook(unraisable)
+    sys.unraisablehook = quiet_about_stops
 
 
 class HeldStops:

@@ -269,3 +269,29 @@ def test_verbose_says_why_an_entry_is_tried_again(make_tree, monkeypatch, cli):
     assert result.exit_code == 1
     assert "retry    growing: changed while it was copied (EAGAIN)" in result.output
     assert "retry    calm" not in result.output
+
+
+def test_a_stop_that_python_swallowed_still_stops_the_run(make_tree):
+    """A stop signal raised inside a weakref callback or a finalizer is printed and dropped by
+    Python ("Exception ignored"); the runner sees it between reports and stops all the same."""
+    import gc
+    import weakref
+
+    from mirror import Options, copy_tree, errors
+    src = make_tree({f"d{i}/f": b"x" for i in range(20)})
+
+    class Doomed:
+        pass
+    errors.arm_stop_signals(True)
+    doomed = Doomed()
+    keep = weakref.ref(doomed, lambda ref: errors.raise_stop(15, None))
+    hooked, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        del doomed
+        gc.collect()  # the callback ran: its Terminated was dropped
+        with pytest.raises(errors.Interrupted) as stopped:
+            copy_tree(src, make_tree({}), Options(jobs=2))
+    finally:
+        sys.unraisablehook = hooked
+        errors.arm_stop_signals(False)
+    assert keep() is None and stopped.value.signum == 15 and stopped.value.report.interrupted

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import threading
 import time
@@ -10,18 +9,19 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import HeldStop, Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number
-from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Severity, Status,
+from ..errors import (HeldStop, Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number,
+                      take_stop)
+from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Status,
                      fills_dst)
 from ..options import Options
-from ..paths import DirCache, depth, is_temp_name, split
+from ..paths import depth
 from ..plan.march import Planner
 from ..plan.tree import LocalTree, SourceTree
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure, LostTask, Message, Task
+from .lost import failed_report, sweep_temp_files
 from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone
 from .messages import Batch, WorkerReport
-from .copyfile import discard
 from .fastcopy import BIG_FILE
 from .folders import Folder, FolderResult, FolderTask
 
@@ -109,6 +109,8 @@ class Runner:
     def drain(self) -> None:
         """Hand out folders and batches until every task, and every one they led to, is done."""
         while self.folders or self.batches or self.engine.pending:
+            if signum := take_stop():  # a stop raised where Python dropped it (a finalizer)
+                raise Terminated(signum)
             limit = self.width * PENDING_PER_JOB
             # Batches first: what folders hand back is then never hoarded while the walk goes on.
             while self.batches and self.engine.pending < limit:
@@ -360,35 +362,3 @@ def sigterm_raises() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
-
-WORKER_DIED = "a worker process died while doing this"
-
-
-def failed_report(task: Task) -> WorkerReport:
-    """The final report of a task whose worker died twice: every entry in it failed."""
-    error = OSError(errno.EIO, WORKER_DIED)
-    if isinstance(task, Batch):
-        return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
-    problems = tuple(Problem(folder.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
-                     for folder in task.folders)
-    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), problems, 0, 0, 0))
-
-
-def sweep_temp_files(dst_root: bytes, tasks: list[Task]) -> None:
-    """Remove what dead workers were writing, in the folders of their tasks."""
-    folders = set()
-    for task in tasks:
-        folders.update([folder.src.path for folder in task.folders] if isinstance(task, FolderTask)
-                       else (split(action.path)[0] for action in task.actions))
-    cache = DirCache(dst_root)
-    try:
-        for folder in folders:
-            try:
-                dir_fd = cache.get(folder)
-                for name in map(os.fsencode, os.listdir(dir_fd)):
-                    if is_temp_name(name):
-                        discard(name, dir_fd)
-            except OSError:
-                pass  # the next run removes what is left
-    finally:
-        cache.close()
