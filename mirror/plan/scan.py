@@ -52,7 +52,9 @@ def list_folder(folders: DirCache, rel: bytes) -> dict[bytes, os.stat_result]:
         else:
             add_lstats(listing, items)
     if unstated:
-        for name, st in zip(unstated, stat_threads().map(lambda name: lstat_or_none(name, dir_fd), unstated)):
+        with stat_threads() as threads:
+            stats = list(threads.map(lambda name: lstat_or_none(name, dir_fd), unstated))
+        for name, st in zip(unstated, stats):
             if st is not None:
                 listing[name.encode(FS_ENCODING, FS_ERRORS)] = st
     return listing
@@ -73,16 +75,11 @@ def lstat_or_none(name: str, dir_fd: int) -> os.stat_result | None:
         return None
 
 
-_threads = None
-
-
 def stat_threads():
-    """This process's lstat threads (a forked child gets its own: it inherits no threads)."""
-    global _threads
-    if _threads is None or _threads[0] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor  # only remote stores need it
-        _threads = (os.getpid(), ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="lstat"))
-    return _threads[1]
+    """Threads for one slow folder's lstat calls, gone when it is listed: a process that forks
+    (the master starts the pool, and may run tasks itself) must hold no threads when it does."""
+    from concurrent.futures import ThreadPoolExecutor  # only remote stores need it
+    return ThreadPoolExecutor(STAT_THREADS, thread_name_prefix="lstat")
 
 
 def entry(folders: DirCache, rel: bytes, name: bytes, st: os.stat_result) -> Entry | None:
