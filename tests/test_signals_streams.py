@@ -65,6 +65,7 @@ def assert_stopped_cleanly(returncode: int, stdout: str, stderr: str, signum: in
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     summary = json.loads(stdout.splitlines()[-1])
     assert summary["interrupted"] is (returncode != 0)
+    assert summary["exit_code"] == returncode  # the JSON says what the process exits with
     if returncode:
         assert "Interrupted: the run is incomplete." in stderr
 

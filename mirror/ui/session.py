@@ -130,7 +130,10 @@ class Session:
                 self.log.write(f"error: {failure}")
             self.log.write(f"summary: {summary}")
         if self.view.json:
-            print(json.dumps(report.to_dict()))
+            summary = report.to_dict()
+            if signum is not None:
+                summary["exit_code"] = 128 + signum  # what the process exits with
+            print(json.dumps(summary))
         sys.stdout.flush()  # now, while the log is open to say so if stdout is gone
 
     @staticmethod
