@@ -4,12 +4,14 @@ from __future__ import annotations
 # _signal is the C module under `signal`, loaded with the interpreter: the command line sets
 # its handlers before it imports anything (signal's enums cost 7 ms, long enough for a Ctrl-C).
 import _signal
+import posix as _posix  # os's C half, loaded with the interpreter like _signal
 
 STOP_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP})
 _stopping = False  # a stop signal was raised, or the work is done: stop signals are dropped
 _held = False      # the master is taking in a report: a stop waits until it is counted
 _pending = 0       # the stop signal that waits
 _swallowed = 0     # a stop signal raised where Python drops exceptions (see take_stop)
+_owner = _posix.getpid()  # the process whose stop signals raise_stop turns into Terminated
 
 
 class MirrorError(Exception):
@@ -57,6 +59,8 @@ def raise_stop(signum: int, frame: object) -> None:
     a second Ctrl-C cannot cut short the clean-up and the summary the first one started (the
     workers' stop is bounded: SIGKILL after a few seconds)."""
     global _stopping, _pending, _swallowed
+    if _posix.getpid() != _owner:  # a helper forked before it set its own handlers: stop it
+        _posix._exit(128 + signum)
     if _stopping:
         return
     if _held:
@@ -94,9 +98,12 @@ class HeldStop:
 
 def arm_stop_signals(armed: bool) -> None:
     """True when a run starts: its first stop signal raises. False when its work is done: a stop
-    then would only cut its summary short."""
-    global _stopping
+    then would only cut its summary short. The process that arms them is theirs (a library
+    caller may itself be a forked process)."""
+    global _stopping, _owner
     _stopping = not armed
+    if armed:
+        _owner = _posix.getpid()
 
 
 def drop_stop_signals() -> None:
@@ -112,6 +119,8 @@ def catch_stop_signals() -> None:
     """The command line's first act: from here on, a stop signal ends the run cleanly. One
     ignored when we started stays ignored (nohup's SIGHUP, a background job's SIGINT)."""
     import sys
+    global _owner
+    _owner = _posix.getpid()
     for signum in STOP_SIGNALS:
         if _signal.getsignal(signum) != _signal.SIG_IGN:
             _signal.signal(signum, raise_stop)

@@ -179,6 +179,11 @@ class PoolEngine:
         workers = list(pool._pool)
         wait_for_exit(workers, time.monotonic() + wait_s)
         killed = stop_processes(workers, STOP_GRACE_S)
+        # A worker the handler started just before it stopped is stopped too: Pool.terminate
+        # joins every worker it knows of, and would wait for that one forever.
+        while late := [p for p in pool._pool if p not in workers]:
+            workers.extend(late)
+            killed = stop_processes(late, STOP_GRACE_S) or killed
         release_locks_of_dead(pool)
         pool.terminate()
         messages: list[Message] = self.queued() if drain else []
