@@ -398,3 +398,20 @@ def test_a_manager_with_a_socket_file_is_shut_down_cleanly(make_tree, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "dst" / "a").read_bytes() == b"1"
     assert os.listdir(tmp) == []
+
+
+def test_a_helper_forked_before_its_own_handlers_exits_on_a_stop_signal():
+    """A process the master forks runs the master's handlers until it sets its own; a stop
+    signal then must end it, not be dropped because the master was already stopping (a Pool
+    worker started during a stop once lived on, and the master waited for it forever)."""
+    from mirror import errors
+    previous = signal.signal(signal.SIGTERM, errors.raise_stop)
+    errors.arm_stop_signals(False)  # the master is stopping: its own stop signals are dropped
+    try:
+        child = multiprocessing.get_context("fork").Process(
+            target=lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+        child.start()
+        child.join(10)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert child.exitcode == 128 + signal.SIGTERM
