@@ -15,10 +15,10 @@ from ..plan.march import NAME_CHANGING
 from .copyfile import PROC_FD, FileCopier, FolderFacts, discard
 from .fastcopy import Copier, OnBytes
 
-# An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
-# not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
 FREEING = frozenset({Op.DELETE, Op.CLEANUP})   # still done when DST is full
 FOLDER_IN_THE_WAY = "a non-empty folder is in the way (sync replaces it, copy does not)"
+# An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
+# not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
 PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -60,6 +60,11 @@ class Findings:
                             self.nbytes)
 
 
+def replaces_folder(action: Action) -> bool:
+    """DST has a folder where this action puts something else: it waits for the deletions."""
+    return action.dst is not None and action.dst.kind is DIR
+
+
 def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Outcome],
                 finished: Callable[[Outcome], None]) -> FolderResult:
     findings = Findings()
@@ -87,7 +92,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             found.files += 1
             found.nbytes += size
             inline_copies += 1
-            if item.dst is not None and item.dst.kind is DIR:
+            if item.dst is not None and item.dst.kind is DIR:  # replaces_folder, inlined: per file
                 found.later.append(item)  # a folder in the way: replaced after the deletions
             elif size >= BIG_FILE or inline_copies > INLINE_COPIES:
                 found.handoff.append(item)
@@ -101,7 +106,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             found.skipped += item.src is not None and item.src.kind is Kind.FILE
         elif item.op is Op.MKDIR:
             creates[item.path] = item
-        elif item.op in NOW and not (item.dst is not None and item.dst.kind is DIR):
+        elif item.op in NOW and not replaces_folder(item):
             finished(apply(item))
         else:
             found.later.append(item)

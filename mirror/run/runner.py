@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from ..errors import (HeldStop, Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number,
                       take_stop)
-from ..model import (RETRYABLE, Action, Kind, Mode, NotWritten, Op, Outcome, Problem, Status,
+from ..model import (RETRYABLE, Action, Mode, NotWritten, Op, Outcome, Problem, Status,
                      fills_dst)
 from ..options import Options
 from ..paths import depth
@@ -23,7 +23,7 @@ from .lost import failed_report, sweep_temp_files
 from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone
 from .messages import Batch, WorkerReport
 from .fastcopy import BIG_FILE
-from .folders import Folder, FolderResult, FolderTask
+from .folders import Folder, FolderResult, FolderTask, replaces_folder
 
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
@@ -131,9 +131,8 @@ class Runner:
                             self.lose(message.task)
                         else:
                             self.absorb(message)
-                if self.lost and not self.engine.pending:
-                    sweep_temp_files(self.dst_root, self.lost)  # nothing runs: what is left was theirs
-                    self.lost.clear()
+                if not self.engine.pending:
+                    self.sweep_lost()  # nothing runs: what is left was theirs
         self.end_scan()
 
     def lose(self, task: Task) -> None:
@@ -160,6 +159,10 @@ class Runner:
                         self.on_event(finished)
                     except (KeyboardInterrupt, Terminated):
                         telling = False  # a second stop: the counts stay right, sinks hear no more
+        self.sweep_lost()
+
+    def sweep_lost(self) -> None:
+        """Remove what workers that died were writing, in the folders of their tasks."""
         if self.lost:
             sweep_temp_files(self.dst_root, self.lost)
             self.lost.clear()
@@ -216,7 +219,7 @@ class Runner:
             decided = self.planner.decide_linked(item.src, item.dst)
             if isinstance(decided, Problem):
                 self.notice(decided)
-            elif decided.dst is not None and decided.dst.kind is Kind.DIR:
+            elif replaces_folder(decided):
                 self.replacements.append(decided)  # after the folder in its place is deleted
             elif decided.op is Op.HARDLINK:
                 self.hardlinks.append(decided)  # after the file it links to is written
