@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from .model import Mode
+from dataclasses import replace
+
+from .errors import MirrorError
+from .model import Mode, Problem, Severity, display
 from .options import Options
 from .plan.filters import Filter
 from .plan.tree import SourceTree
@@ -15,6 +18,7 @@ from .run.pool import PoolEngine
 from .run.worker import WorkerSpec
 from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner
+from .xattrs import scope_of, supported
 
 
 # SRC: a folder's path, or any SourceTree (a remote one, a test's tree in memory).
@@ -25,6 +29,9 @@ def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: 
          engine: EngineFactory) -> Report:
     src_tree, dst_root = check_roots(src, dst, mode)
     Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
+    if (options.xattrs or options.acls) and getattr(src_tree, "xattrs", None) is None:
+        raise MirrorError(f"-X and -A need a local SRC: {display(src_tree.path)} cannot give "
+                          "extended attributes or ACLs")
     if mode is Mode.SYNC and not options.allow_empty_src:
         refuse_emptying(src_tree, dst_root)
     created = False
@@ -36,13 +43,30 @@ def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: 
         created = make_dst(dst_root)
         lock_fd = lock_dst(dst_root)
     try:
+        options, notices = kept_by_dst(dst_root, mode, options)
         running = engine(WorkerSpec(src_tree, dst_root, mode, options), lock_fd)
-        report = Runner(src_tree, dst_root, mode, options, running, on_event).run()
+        report = Runner(src_tree, dst_root, mode, options, running, on_event, notices).run()
         report.dirs_created += created
         return report
     finally:
         if lock_fd >= 0:
             unlock(lock_fd)
+
+
+def kept_by_dst(dst_root: bytes, mode: Mode, options: Options) -> tuple[Options, tuple[Problem, ...]]:
+    """-X, -A into a filesystem that cannot keep them (tmpfs without user xattrs, vfat): one
+    warning for the run, and the option dropped, instead of an error for every entry."""
+    scope = scope_of(options)
+    if scope is None or mode is Mode.CHECK or options.dry_run:
+        return options, ()
+    kept = supported(dst_root, scope)
+    if kept == scope:
+        return options, ()
+    lost = [what for what, asked, keeps in (("extended attributes (-X)", scope.xattrs, kept.xattrs),
+                                            ("ACLs (-A)", scope.acls, kept.acls)) if asked and not keeps]
+    problem = Problem(b"", Severity.WARNING, f"DST's filesystem keeps no {' or '.join(lost)}: "
+                      "not copied")
+    return replace(options, xattrs=kept.xattrs, acls=kept.acls), (problem,)
 
 
 def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,

@@ -98,6 +98,8 @@ class Reason(Symbol):
     TARGET = "link target differs"
     DEVICE = "device number differs"
     LINKED = "hard link"
+    XATTRS = "xattrs differ"
+    ACLS = "ACLs differ"
     EXTRA = "not in source"
     STALE_TEMP = "temporary file of an interrupted run"
     UNCHANGED = "unchanged"
@@ -200,7 +202,9 @@ def display(path: bytes) -> str:
 
 
 class Severity(Symbol):
-    WARNING = "warning"   # reported, does not change the exit code (a skipped socket)
+    WARNING = "warning"   # reported, does not change the exit code
+    UNCOPIABLE = "not copied"  # SRC has it, no copy can have it (a socket): a warning; check
+                          # lists it with `!`, and counts it (exit 1) only with --strict
     ERROR = "error"       # the run is partial (exit 1); sync deletes nothing
 
 

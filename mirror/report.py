@@ -75,11 +75,18 @@ class Report:
     dst_full: bool = False            # an ENOSPC, EDQUOT or EROFS was met in DST
     unwritten: int = 0                # entries failed after it: one line in errors says so
     unwritten_at: int = 0             # where
+    strict: bool = False              # check --strict: what cannot be copied counts as a difference
+    uncopiable: int = 0               # check: differences that are entries no copy can have
 
     @property
     def exit_code(self) -> int:
         """0 when everything was done (check: the trees are identical), 1 when not."""
-        return 1 if self.errors or self.differences or self.deletions_refused else 0
+        return 1 if self.errors or self.differing or self.deletions_refused else 0
+
+    @property
+    def differing(self) -> int:
+        """check: the differences that count (what cannot be copied only with --strict)."""
+        return len(self.differences) - (0 if self.strict else self.uncopiable)
 
     def record(self, finished: Finished) -> None:
         if finished.op is COPY and finished.status is DONE:  # most records: checked first
@@ -125,7 +132,7 @@ class Report:
         message = problem.message
         if problem.error is not None:
             message += f": {describe(problem.error)}"
-        if problem.severity is Severity.WARNING:
+        if problem.severity is not Severity.ERROR:
             self.warnings.append(f"{display(problem.path)}: {message}")
         else:
             self.errors.append(Failure(problem.path, message, problem.error))
@@ -133,7 +140,10 @@ class Report:
     def differ(self, item: Action | Finished | Problem) -> None:
         """check: record what sync would change, as a marked line."""
         if isinstance(item, Problem):
-            if item.severity is Severity.WARNING:
+            if item.severity is Severity.UNCOPIABLE:
+                self.differences.append(Difference("!", item.path, item.message))
+                self.uncopiable += 1
+            elif item.severity is Severity.WARNING:
                 self.notice(item)
             else:
                 self.differences.append(Difference("!", item.path, item.message))

@@ -11,6 +11,8 @@ from ..paths import is_temp_name, join, split
 from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
 from .filters import Filter
 from .tree import LocalTree, SourceTree, as_tree
+from .. import xattrs
+from ..xattrs import scope_of
 
 class LinkedFile(NamedTuple):
     """-H: a multiply-linked SRC file, decided where every path to it is seen (decide_linked)."""
@@ -41,11 +43,14 @@ class Planner:
         self.filter = Filter(options.excludes, options.includes)
         self.delete_excluded = options.delete_excluded and mode is not Mode.COPY
         self.same_content = self._same_content if options.checksum else None
-        # Without filters, --checksum or -H, an unchanged regular file is known from lstat alone.
-        simple = not (self.filter or options.checksum or options.hard_links)
+        self.scope = scope_of(options)  # -X, -A: attributes compared too
+        # Without filters, --checksum, -H, -X or -A, an unchanged regular file is known from
+        # lstat alone.
+        simple = not (self.filter or options.checksum or options.hard_links or self.scope)
         self.quick_check = same_file if simple else None
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
+        self.src_dev: int | None = None  # -x: SRC's filesystem; asked for when first needed
 
     def tops(self) -> tuple[Entry, Entry | None]:
         """The two roots as entries; DST's is None in a dry run into a DST not made yet."""
@@ -72,6 +77,11 @@ class Planner:
     def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
                      stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
         rel = src_dir.path
+        if self.options.one_file_system and src_dir.dev != self.root_dev():
+            # -x: a mount point inside SRC is created (rsync's way), its contents left alone on
+            # both sides: nothing of another filesystem is copied, nothing in DST deleted
+            yield from self.plan_dir_meta(src_dir, dst_dir, False)
+            return
         try:
             src_listing = self.src.list(rel)
             dst_listing = self.dst.list(rel) if dst_dir is not None else {}
@@ -135,19 +145,23 @@ class Planner:
     def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Planned | None:
         """What SRC's entry needs, or None when a folder's own listing decides its metadata."""
         if is_temp_name(name):
-            return Problem(src.path, Severity.WARNING, "skipped: mirror uses this name for temporary files")
+            return Problem(src.path, Severity.UNCOPIABLE, "not copied: mirror uses this name for temporary files")
         if src.kind is Kind.SOCKET:
-            return Problem(src.path, Severity.WARNING, "skipped: sockets cannot be copied")
+            return Problem(src.path, Severity.UNCOPIABLE, "socket, not copied")
         if src.kind is Kind.DEVICE and os.geteuid() != 0:
-            return Problem(src.path, Severity.WARNING, "skipped: device files need root")
+            return Problem(src.path, Severity.UNCOPIABLE, "device file, not copied: that needs root")
         if self.options.hard_links and src.nlink > 1 and src.kind is not DIR:
             return LinkedFile(src, dst)  # files, and links to FIFOs, devices and symlinks too
         try:
             op, reason = decide(src, dst, self.options.owner, self.same_content)
+            if src.kind is DIR and op is not Op.MKDIR:
+                return None  # the folder's own listing decides its metadata
+            if op is Op.SKIP and self.scope is not None:
+                attrs = self.attrs_differ(src, dst)
+                if attrs is not None:
+                    op, reason = Op.SET_META, attrs
         except OSError as error:
             return Problem(src.path, Severity.ERROR, "cannot compare", error)
-        if src.kind is DIR and op is not Op.MKDIR:
-            return None  # the folder's own listing decides its metadata
         return Action(op, src.path, reason, src, dst)
 
     def decide_linked(self, src: Entry, dst: Entry | None) -> Action | Problem:
@@ -213,10 +227,26 @@ class Planner:
             reason: Reason | None = Reason.MISSING
         else:
             reason = meta_differs(src_dir, dst_dir, self.options.owner)
+            if reason is None and self.scope is not None:
+                try:
+                    reason = self.attrs_differ(src_dir, dst_dir)
+                except OSError as error:
+                    yield Problem(src_dir.path, Severity.ERROR, "cannot compare", error)
             if reason is None and changed and self.mode is not Mode.CHECK:
                 reason = Reason.MTIME  # writing inside the folder will change its mtime
         if reason is not None and not (self.mode is Mode.CHECK and dst_dir is None):
             yield Action(Op.DIR_META, src_dir.path, reason, src_dir, dst_dir)
+
+    def attrs_differ(self, src: Entry, dst: Entry) -> Reason | None:
+        """-X, -A: Reason.XATTRS or Reason.ACLS when the entries' attributes differ."""
+        which = xattrs.differ(self.src.xattrs(src.path, src.kind, self.scope),
+                              self.dst.xattrs(dst.path, dst.kind, self.scope))
+        return None if which is None else Reason.ACLS if which == "acls" else Reason.XATTRS
+
+    def root_dev(self) -> int:
+        if self.src_dev is None:
+            self.src_dev = self.src.root().dev
+        return self.src_dev
 
     def _same_content(self, src: Entry, dst: Entry) -> bool:
         return self.src.digest(src.path) == self.dst.digest(dst.path)

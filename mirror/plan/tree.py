@@ -7,11 +7,14 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, Union
 
-from ..model import Entry, SourceError
+from ..model import Entry, Kind, SourceError
 from ..paths import DirCache, split
 from .scan import entry, entry_from_stat, list_folder, stat_root
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
+# not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
+PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
 Source = Any   # an opened file: a descriptor (LocalTree), or what a tree's `open` gives
 # (source, DST's descriptor, bytes expected, progress callback) -> bytes copied
 CopyBytes = Callable[[Source, int, int, Callable[[int], None]], int]
@@ -141,6 +144,21 @@ class LocalTree:
     def digest(self, path: bytes) -> bytes:
         from .checksum import file_digest  # xxhash only when --checksum asks for it
         return file_digest(self.folders, path)
+
+    def xattrs(self, path: bytes, kind: Kind, scope) -> dict[str, bytes]:
+        """The extended attributes in `scope` of the entry at `path` (-X, -A), read through
+        its folder's descriptor: a link's own (never its target's), anything else's through
+        an O_PATH descriptor of its inode (no device is opened, no FIFO blocks)."""
+        from .. import xattrs
+        parent, name = split(path)
+        dir_fd = self.folders.get(parent)
+        if kind is Kind.SYMLINK:
+            return xattrs.read(b"/proc/self/fd/%d/%s" % (dir_fd, name), scope, follow=False)
+        fd = os.open(name or b".", PIN_FLAGS, dir_fd=dir_fd)
+        try:
+            return xattrs.read(b"/proc/self/fd/%d" % fd, scope)
+        finally:
+            os.close(fd)
 
     def prefetch(self, folders: Iterable[bytes] = (), files: Iterable[Entry] = ()) -> None:
         pass

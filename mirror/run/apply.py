@@ -7,9 +7,11 @@ import stat
 from collections.abc import Callable
 
 from ..model import Action, Entry, Kind, Mode, NotWritten, Op, Outcome, SourceError, fills_dst
-from ..plan.tree import SourceTree, as_tree
+from ..plan.tree import PIN_FLAGS, SourceTree, as_tree
 from ..options import Options
+from .. import xattrs
 from ..paths import DirCache, join, split, temp_name
+from ..xattrs import scope_of
 from ..plan.compare import wanted_perms
 from ..plan.march import NAME_CHANGING
 from .copyfile import PROC_FD, FileCopier, FolderFacts, discard
@@ -17,9 +19,6 @@ from .fastcopy import Copier, OnBytes
 
 FREEING = frozenset({Op.DELETE, Op.CLEANUP})   # still done when DST is full
 FOLDER_IN_THE_WAY = "a non-empty folder is in the way (sync replaces it, copy does not)"
-# An O_PATH descriptor pins an inode without opening it (no read permission needed, a FIFO does
-# not block, a device is not touched); with O_NOFOLLOW a symlink is pinned, not its target.
-PIN_FLAGS = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK) | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Applier:
@@ -35,6 +34,7 @@ class Applier:
         self.owner = bool(options.owner)
         self.on_bytes = on_bytes
         self.files = FileCopier(self.src, self.owner, Copier(dst_root), on_bytes, self.place)
+        self.scope = self.files.scope = scope_of(options)  # -X, -A
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run or mode is Mode.CHECK  # check: every action is a difference
         self.keeps_folders = mode is Mode.COPY
@@ -158,6 +158,8 @@ class Applier:
             if self.owner:
                 os.chown(name, src.uid, src.gid, dir_fd=dir_fd, follow_symlinks=False)
             os.utime(name, ns=(src.mtime_ns, src.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
+            if self.scope is not None:  # the link's own: through its pinned folder, not followed
+                self.copy_attrs(src, b"/proc/self/fd/%d/%s" % (dir_fd, name), follow=False)
             return
         fd = os.open(name, PIN_FLAGS, dir_fd=dir_fd)
         try:
@@ -168,8 +170,13 @@ class Applier:
                 os.chown(pinned, src.uid, src.gid)
             os.chmod(pinned, wanted_perms(src.mode, self.owner))
             os.utime(pinned, ns=(src.mtime_ns, src.mtime_ns))
+            if self.scope is not None:  # after chmod: an access ACL sets the group bits
+                self.copy_attrs(src, pinned)
         finally:
             os.close(fd)
+
+    def copy_attrs(self, src: Entry, target, follow: bool = True) -> None:
+        xattrs.write(target, self.src.xattrs(src.path, src.kind, self.scope), self.scope, follow)
 
     def symlink(self, action: Action) -> int:
         return self.create(action, lambda tmp, fd: os.symlink(action.src.target, tmp, dir_fd=fd))
@@ -220,6 +227,8 @@ class Applier:
             os.fchmod(dir_fd, perms)
         if st.st_mtime_ns != src.mtime_ns:
             os.utime(dir_fd, ns=(src.mtime_ns, src.mtime_ns))
+        if self.scope is not None:
+            self.copy_attrs(src, dir_fd)
         return 0
 
     def delete(self, action: Action) -> int:

@@ -6,7 +6,8 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..model import Entry, SourceError
+from .. import xattrs
+from ..model import Entry, Kind, SourceError
 from ..plan.tree import SourceTree
 from ..paths import temp_name
 from .fastcopy import BIG_FILE, CopyBytes, OnBytes
@@ -125,6 +126,7 @@ class FileCopier:
         self.on_bytes = on_bytes
         self.place = place
         self.temps = TempFiles()
+        self.scope = None  # -X, -A: the attributes to copy (set by the Applier)
         self.counted = 0  # bytes the current attempt has reported so far
         self.restarts = 0  # copies begun again because their source changed
         self.stopping = False  # a stop was asked for: the copy under way ends at its next chunk
@@ -187,6 +189,8 @@ class FileCopier:
                     changed = StaleListing if listed is not None else SourceChanged
                     raise changed(errno.EAGAIN, "changed while it was copied", path)
                 set_meta(out, src, self.owner, perms, created)
+                if self.scope is not None:  # after the permissions: an access ACL sets group bits
+                    xattrs.write(out, self.src.xattrs(path, Kind.FILE, self.scope), self.scope)
                 if not named:
                     named = self.temps.link(out, dst_dir_fd, name, tmp)
             finally:

@@ -46,14 +46,14 @@ class Runner:
     """
 
     def __init__(self, src: SourceTree, dst_root: bytes, mode: Mode, options: Options,
-                 engine: Engine, on_event: OnEvent | None = None) -> None:
+                 engine: Engine, on_event: OnEvent | None = None, notices: tuple[Problem, ...] = ()) -> None:
         self.dst_root = dst_root
         self.mode, self.options, self.engine = mode, options, engine
         self.checking = mode is Mode.CHECK   # workers plan and compare; nothing is applied
         self.held_stop = HeldStop()
         self.width = engine.width
         self.on_event = on_event or (lambda event: None)
-        self.report = Report(mode, self.width, options.dry_run)
+        self.report = Report(mode, self.width, options.dry_run, strict=options.strict)
         self.planner = Planner(src, LocalTree(dst_root), mode, options)  # -H decisions, in one place
         self.folders: list[Folder] = []
         self.batches: deque[list[Action]] = deque()
@@ -70,11 +70,14 @@ class Runner:
         self.dst_full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS in DST
         self.rerun: set[int] = set()           # tasks run again after their worker died
         self.lost: list[Task] = []             # tasks whose worker died: their temporary files
+        self.notices = notices                 # found before the run (what DST cannot keep)
 
     def run(self) -> Report:
         started = time.monotonic()
         try:
             with sigterm_raises():
+                for problem in self.notices:
+                    self.notice(problem)
                 self.copy_phase()
                 self.finish_phase()
                 self.take_leftovers(self.engine.close())

@@ -58,7 +58,12 @@ Acls = Annotated[bool, typer.Option("--acls", "-A", help="Keep POSIX ACLs (acces
 OneFileSystem = Annotated[bool, typer.Option("--one-file-system", "-x", help=(
     "Do not cross mount points inside SRC: a mount point's folder is created, empty."))]
 Strict = Annotated[bool, typer.Option("--strict", help=(
-    "Count what sync cannot copy (sockets) as differences: exit 1 when SRC has any."))]
+    "Count what sync cannot copy (sockets; device files without root) as differences: exit 1 "
+    "when SRC has any. Without it they are listed with ! but do not change the exit code."))]
+CompareXattrs = Annotated[bool, typer.Option("--xattrs", "-X", help="Compare extended attributes too.")]
+CompareAcls = Annotated[bool, typer.Option("--acls", "-A", help="Compare POSIX ACLs too.")]
+CheckOneFileSystem = Annotated[bool, typer.Option("--one-file-system", "-x", help=(
+    "Do not cross mount points inside SRC (what copy -x copies)."))]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -152,8 +157,8 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
           hard_links: HardLinks = False, quiet: Quiet = False,
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
           print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None,
-          xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False,
-          strict: Strict = False) -> None:
+          xattrs: CompareXattrs = False, acls: CompareAcls = False,
+          one_file_system: CheckOneFileSystem = False, strict: Strict = False) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)

@@ -33,9 +33,11 @@ def describe_finished(finished: Finished) -> str | None:
 def summarize(report: Report) -> str:
     """A paragraph: what was copied, skipped, failed and deleted, how much, how fast."""
     if report.mode is Mode.CHECK:
-        verdict = "identical" if not report.differences else plural(len(report.differences), "difference")
-        same = plural(report.files_skipped, "file")
-        return _tail(report, f"Compared SRC and DST: {verdict} ({same} equal) in {report.elapsed_s:.2f} s")
+        verdict = "identical" if not report.differing else plural(report.differing, "difference")
+        same = plural(report.files_skipped, "file") + " equal"
+        if report.uncopiable and not report.strict:
+            same += f"; {plural(report.uncopiable, 'entry', 'entries')} of SRC cannot be copied, not counted"
+        return _tail(report, f"Compared SRC and DST: {verdict} ({same}) in {report.elapsed_s:.2f} s")
     rate = report.bytes_copied / report.elapsed_s if report.elapsed_s > 0 else 0
     verb = "Would copy" if report.dry_run else "Copied"
     parts = [f"{verb} {plural(report.files_copied, 'file')} ({size(report.bytes_copied)})",
