@@ -21,9 +21,19 @@ class ScanDone(NamedTuple):
 
 
 class Progress(NamedTuple):
-    """Bytes written since the last Progress event."""
+    """Bytes written since the last Progress event; Progress(0) at least every 0.5 s, so that
+    a sink's clock runs while nothing is written (a walk, a no-op)."""
 
     nbytes: int
+
+
+class Walked(NamedTuple):
+    """Folders were listed and compared: `checked` entries more found in both trees, and how
+    far the walk is (so that a sink can estimate the totals before it ends)."""
+
+    checked: int
+    folders_done: int
+    folders_found: int
 
 
 class Finished(NamedTuple):
@@ -56,4 +66,4 @@ class Noticed(NamedTuple):
     problem: Problem
 
 
-Event = Discovered | ScanDone | Progress | Finished | Retrying | Noticed
+Event = Discovered | ScanDone | Progress | Walked | Finished | Retrying | Noticed

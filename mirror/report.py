@@ -75,6 +75,7 @@ class Report:
     dst_full: bool = False            # an ENOSPC, EDQUOT or EROFS was met in DST
     unwritten: int = 0                # entries failed after it: one line in errors says so
     unwritten_at: int = 0             # where
+    held_back: list[bytes] = field(default_factory=list)  # deletions not done (--max-delete, errors)
     strict: bool = False              # check --strict: what cannot be copied counts as a difference
     uncopiable: int = 0               # check: differences that are entries no copy can have
 
@@ -175,6 +176,7 @@ class Report:
             "errors": [failure.to_dict() for failure in self.errors],
             "warnings": list(self.warnings),
             "deletions_skipped": self.deletions_skipped,
+            "deletions_held_back": [os.fsdecode(path) for path in self.held_back],
             "elapsed_s": round(self.elapsed_s, 3),
             "jobs": self.jobs,
             "dry_run": self.dry_run,

@@ -87,7 +87,9 @@ def test_log_file_appends_actions_and_summary(cli, make_tree, tmp_path):
     text = log.read_text()
     assert text.startswith("earlier line\n")
     assert "copy     a  (missing)" in text
-    assert text.count("summary: Copied") == 2
+    assert text.count("start: copy ") == 2 and "(jobs " in text  # the options in effect
+    assert text.count("end: exit 0: Copied") == 2
+    assert text.splitlines()[-1].split(" ", 2)[2].startswith("end: exit 0: ")  # the last line
 
 
 def test_exclude_from_file(cli, make_tree, tmp_path):

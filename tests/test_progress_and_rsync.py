@@ -30,28 +30,30 @@ def test_one_finished_event_per_file(make_tree, tmp_path, jobs):
     assert sum(e.files for e in events if isinstance(e, Discovered)) == 700
 
 
-def test_the_bar_shows_the_files_counted_when_it_is_drawn(make_tree, tmp_path):
-    from mirror.ui.progress import BarSink
-    src = make_tree({f"f{i}": b"x" * 10 for i in range(5)})
-    events = []
-    copy_tree(src, tmp_path / "dst", Options(jobs=1), on_event=events.append)
-    bar = BarSink()
-    seen = []
-    drawn = bar.bar.update
+def test_the_bar_never_shows_more_done_than_its_total(make_tree, tmp_path, monkeypatch):
+    import re
 
-    def update(nbytes):
-        seen.append(bar.bar.postfix)
-        drawn(nbytes)
-    bar.bar.update = update
+    from mirror.ui import progress
+    monkeypatch.setattr(progress, "DRAW_EVERY_S", 0)  # draw at every event
+    src = make_tree({f"d{d}/f{i}": b"x" * 10 for d in range(20) for i in range(30)})
+    events = []
+    copy_tree(src, tmp_path / "dst", Options(jobs=2), on_event=events.append)
+    bar = progress.BarSink()
+    seen = []
+    refresh = bar.bar.refresh
+    bar.bar.refresh = lambda *args: (seen.append((bar.bar.desc, bar.bar.tail)), refresh(*args))
     for event in events:
         bar(event)
-    done_then = [sum(1 for e in events[:i] if isinstance(e, Finished)) for i, e in enumerate(events)
-                 if isinstance(e, Progress)]
     bar.close()
 
-    assert seen and all(f"{count:,}/" in shown for shown, count in zip(seen, done_then))
-    assert seen[-1].startswith("5/")  # a report's bytes come after its files: drawn, they count
-    assert bar.bar.postfix.startswith("5/5 files") and bar.bar.n == 50
+    frames = [re.search(r"copied ([\d,]+) of (≥?)([\d,]+) files, checked ([\d,]+)", desc) for desc, _ in seen]
+    assert len(frames) > 10 and all(frames)
+    for match in frames:
+        copied, growing, total, checked = match.groups()
+        assert int(copied.replace(",", "")) <= int(total.replace(",", "")) <= 600
+        assert int(checked.replace(",", "")) >= int(copied.replace(",", ""))
+    assert frames[0].group(2) == "≥" and frames[-1].groups() == ("600", "", "600", "600")
+    assert seen[-1][1].startswith("100%, 6.0 KB")  # the summary's units
 
 
 def test_big_file_reports_bytes_while_it_is_copied(make_tree, tmp_path):

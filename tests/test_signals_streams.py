@@ -217,6 +217,7 @@ def test_a_hangup_stops_the_run_cleanly_with_129(tmp_path):
     assert process.returncode == 129, stderr
     assert "Interrupted: the run is incomplete." in stderr and "Traceback" not in stderr
     assert "interrupted by SIGHUP" in log.read_text()
+    assert log.read_text().splitlines()[-1].split(" ", 2)[2].startswith("end: exit 129: Copied 0 files")
     assert not (dst / "huge").exists()
     assert_nothing_left(dst)
 

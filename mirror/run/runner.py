@@ -20,11 +20,12 @@ from ..plan.tree import LocalTree, SourceTree
 from ..report import Failure, Report
 from .engine import Engine, EngineFailure, LostTask, Message, Task
 from .lost import failed_report, sweep_temp_files
-from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone
+from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, ScanDone, Walked
 from .messages import Batch, WorkerReport
 from .fastcopy import BIG_FILE
 from .folders import Folder, FolderResult, FolderTask, replaces_folder
 
+HEARTBEAT_S = 0.5           # a Progress(0) at least this often: the sinks' clocks run
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
 PENDING_PER_JOB = 4         # bounds memory and keeps every worker fed
@@ -71,6 +72,9 @@ class Runner:
         self.rerun: set[int] = set()           # tasks run again after their worker died
         self.lost: list[Task] = []             # tasks whose worker died: their temporary files
         self.notices = notices                 # found before the run (what DST cannot keep)
+        self.walk = [0, 1]                     # folders listed, folders found
+        self.folder_counts: dict[int, int] = {}  # folders in each folder task under way
+        self.last_event = 0.0
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -129,11 +133,14 @@ class Runner:
                 # A stop waits (0.5 s at most) until the report being read is counted: raised
                 # in the middle, it would drop a report the workers no longer have.
                 with self.held_stop:
-                    for message in self.engine.receive(0.5):
+                    for message in self.engine.receive(HEARTBEAT_S):
                         if type(message) is LostTask:
                             self.lose(message.task)
                         else:
                             self.absorb(message)
+                    if time.monotonic() - self.last_event >= HEARTBEAT_S:
+                        self.last_event = time.monotonic()
+                        self.on_event(Progress(0))
                 if not self.engine.pending:
                     self.sweep_lost()  # nothing runs: what is left was theirs
         self.end_scan()
@@ -181,6 +188,7 @@ class Runner:
         count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (4 * self.width)))
         folders = tuple(self.folders[-count:])
         del self.folders[-count:]
+        self.folder_counts[self.tasks] = count
         self.submit(FolderTask(self.tasks, folders[::-1]))
         self.folders_pending += 1
 
@@ -195,15 +203,19 @@ class Runner:
             self.record(outcome)
         self.report.retried += report.restarts
         if report.nbytes:  # after the files it finishes, so a bar drawn now counts them
+            self.last_event = time.monotonic()
             self.on_event(Progress(report.nbytes))
         if report.result is not None:
+            self.walk[0] += self.folder_counts.pop(report.task_id, 0)
             self.take_folder(report.result)
 
     def take_folder(self, result: FolderResult) -> None:
         self.folders_pending -= 1
         self.folders.extend(reversed(result.subfolders))
         self.report.files_skipped += result.skipped
+        self.walk[1] += len(result.subfolders)
         self.discover(result.files, result.nbytes)
+        self.on_event(Walked(result.skipped + result.files, *self.walk))
         for problem in result.problems:
             self.notice(problem)
         for action in result.later:
@@ -347,6 +359,7 @@ class Runner:
         else:
             return True
         self.report.warnings.append(self.report.deletions_skipped)
+        self.report.held_back = [action.path for action in self.deletions]
         return False
 
 

@@ -1,76 +1,146 @@
-"""Progress sinks: a tqdm bar on a terminal, plain periodic lines elsewhere."""
+"""Progress sinks: a tqdm bar on a terminal, plain timestamped lines elsewhere; one text for both."""
 from __future__ import annotations
 
 import sys
 import time
 
-from ..model import Op
-from ..events import Discovered, Event, Finished, Progress, ScanDone
+from ..events import Discovered, Event, Finished, Progress, ScanDone, Walked
+from ..model import Op, Status
 from .summary import size
 
 LINE_EVERY_S = 5.0
+DRAW_EVERY_S = 0.25
+COPY, DONE = Op.COPY, Status.DONE
 
 
 class Counts:
-    """Files and bytes planned and done, as the events tell them."""
+    """What the events tell: files checked and copied, bytes, and the totals, which are
+    estimated while the walk runs: the folders still to list are taken to hold as much as
+    those listed so far (marked ~ until the walk ends)."""
 
-    def __init__(self) -> None:
-        self.files_total: int | None = None   # None while the walk runs
-        self.files_planned = self.files_done = 0
-        self.bytes_done = 0
+    def __init__(self, checking: bool = False) -> None:
+        self.checking = checking  # check: what finishes is a difference, nothing is copied
+        self.started = time.monotonic()
+        self.checked = self.copied = self.bytes_done = 0
+        self.files_planned = self.bytes_planned = 0
+        self.walking = True
+        self.folders_done, self.folders_found = 0, 1
 
     def take(self, event: Event) -> None:
-        if isinstance(event, Discovered):
-            self.files_planned += event.files
-        elif isinstance(event, Finished) and event.op is Op.COPY:
-            self.files_done += 1
-        elif isinstance(event, Progress):
+        if type(event) is Finished:
+            if self.checking or (event.op is COPY and event.status is DONE):
+                self.copied += 1
+        elif type(event) is Progress:
             self.bytes_done += event.nbytes
-        elif isinstance(event, ScanDone):
-            self.files_total = event.files
+        elif type(event) is Walked:
+            self.checked += event.checked
+            self.folders_done, self.folders_found = event.folders_done, event.folders_found
+        elif type(event) is Discovered:
+            self.files_planned += event.files
+            self.bytes_planned += event.nbytes
+        elif type(event) is ScanDone:
+            self.walking = False
+            self.files_planned, self.bytes_planned = event.files, event.nbytes
 
-    def files(self) -> str:
-        if self.files_total is None:
-            return f"{self.files_done:,}/{self.files_planned:,}+ files (scanning)"
-        return f"{self.files_done:,}/{self.files_total:,} files"
+    def totals(self) -> tuple[float, float] | None:
+        """(files, bytes) to copy: final once the walk is over, else estimated (None: too early)."""
+        if not self.walking:
+            return self.files_planned, self.bytes_planned
+        if not self.folders_done:
+            return None
+        scale = self.folders_found / self.folders_done
+        return self.files_planned * scale, self.bytes_planned * scale
+
+    def fraction(self) -> float | None:
+        totals = self.totals()
+        if totals is None:
+            return None
+        files, nbytes = totals
+        if nbytes >= 1 and self.bytes_planned:
+            return min(1.0, self.bytes_done / max(nbytes, self.bytes_done))
+        if files >= 1 and self.files_planned:
+            return min(1.0, self.copied / max(files, self.copied))
+        return None if self.walking else 1.0
+
+    def counts(self) -> str:
+        """The part that stays on the narrowest terminal: never more done than the total shown."""
+        if self.checking:
+            return f"checked {self.checked:,}, {self.copied:,} differ"
+        total = max(self.files_planned, self.copied)
+        of = f"≥{total:,}" if self.walking else f"{total:,}"
+        # a folder's files are copied before its task reports them checked: never fewer
+        return f"copied {self.copied:,} of {of} files, checked {max(self.checked, self.copied):,}"
+
+    def estimate(self, now: float) -> str:
+        """Percentage, bytes, rate and time left; ~ marks estimates made while the walk runs."""
+        elapsed = now - self.started
+        rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
+        parts = [f"{size(self.bytes_done)} at {size(rate)}/s"]
+        fraction = self.fraction()
+        if fraction is not None:
+            mark = "~" if self.walking else ""
+            parts.insert(0, f"{mark}{fraction * 100:.0f}%")
+            if 0 < fraction < 1 and elapsed > 1:
+                parts.append(f"{mark}{clock(elapsed * (1 - fraction) / fraction)} left")
+        return ", ".join(parts)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class BarSink:
-    """A tqdm bar over bytes; while the walk runs the total is unknown and it says so."""
+    """A tqdm bar whose text is ours: the counts first, so that on a narrow terminal the bar
+    shrinks and the estimates are cut before them; redrawn at most 4 times a second, and on
+    every heartbeat, so the clock always runs; follows the terminal's width as it changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, checking: bool = False) -> None:
         from tqdm import tqdm  # imported only when a bar is shown: it costs start-up time
 
-        tqdm.monitor_interval = 0  # no monitor thread: the workers are forked after the bar starts
+        class Bar(tqdm):
+            tail = ""
 
-        self.counts = Counts()
-        self.bar = tqdm(total=None, unit="B", unit_scale=True, unit_divisor=1000,
-                        desc="scanning", file=sys.stderr, dynamic_ncols=True, leave=True)
+            @property
+            def format_dict(self):  # {tail}: our text after the bar, without tqdm's ", "
+                return {**super().format_dict, "tail": self.tail}
+
+        tqdm.monitor_interval = 0  # no monitor thread: the workers are forked after the bar starts
+        self.counts = Counts(checking)
+        self.bar = Bar(total=1, file=sys.stderr, dynamic_ncols=True, leave=True,
+                       desc=self.label(), bar_format="{desc} {elapsed} |{bar}| {tail}")
+        self.drawn = 0.0
 
     def __call__(self, event: Event) -> None:
         self.counts.take(event)
-        # The file counts are written into the bar only when it may be redrawn (update, the
-        # end of the walk, close), not at every finished file: formatting them costs time.
-        if isinstance(event, Progress):
-            self.bar.set_postfix_str(self.counts.files(), refresh=False)
-            self.bar.update(event.nbytes)
-        elif isinstance(event, ScanDone):
-            self.bar.total = max(event.nbytes, self.bar.n)
-            self.bar.set_description("copying", refresh=False)
-            self.bar.set_postfix_str(self.counts.files(), refresh=False)
+        now = time.monotonic()
+        if now - self.drawn >= DRAW_EVERY_S or type(event) is ScanDone:
+            self.draw(now)
+
+    def draw(self, now: float) -> None:
+        self.drawn = now
+        self.bar.n = self.counts.fraction() or 0.0
+        self.bar.set_description_str(self.label(), refresh=False)
+        self.bar.tail = self.counts.estimate(now)
+        self.bar.refresh()
+
+    def label(self) -> str:
+        doing = "comparing" if self.counts.checking else "copying"
+        return f"{'scanning' if self.counts.walking else doing}: {self.counts.counts()}"
 
     def close(self) -> None:
-        self.bar.set_postfix_str(self.counts.files(), refresh=False)
+        self.draw(time.monotonic())
         self.bar.close()
 
 
 class LineSink:
-    """For a log or a pipe: one plain line every few seconds, never a redrawn one."""
+    """For a log or a pipe: one timestamped line every 5 s, never a redrawn one."""
 
-    def __init__(self, stream=None) -> None:
-        self.counts = Counts()
+    def __init__(self, stream=None, checking: bool = False) -> None:
+        self.counts = Counts(checking)
         self.stream = stream or sys.stderr
-        self.started = self.last = time.monotonic()
+        self.last = self.counts.started
 
     def __call__(self, event: Event) -> None:
         self.counts.take(event)
@@ -80,8 +150,8 @@ class LineSink:
             self.write(now)
 
     def write(self, now: float) -> None:
-        rate = self.counts.bytes_done / max(now - self.started, 1e-9)
-        print(f"progress: {size(self.counts.bytes_done)}, {self.counts.files()}, {size(rate)}/s",
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        print(f"{stamp} progress: {self.counts.counts()}, {self.counts.estimate(now)}",
               file=self.stream, flush=True)
 
     def close(self) -> None:

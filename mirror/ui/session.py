@@ -15,7 +15,7 @@ from ..report import Report
 from ..events import Event, Finished, Retrying
 from .logs import LogFile
 from .progress import BarSink, LineSink
-from .summary import describe_finished, summarize
+from .summary import describe_finished, describe_options, held_back, summarize
 
 
 class Session:
@@ -41,6 +41,7 @@ class Session:
         if self.log is not None:
             if isinstance(error, MirrorError):
                 self.log.write(f"error: {error}")
+                self.log.write(f"end: exit {error.exit_code}: nothing done")
             for stream in outputs():
                 stream.on_lost = None
             self.log.close()
@@ -67,8 +68,8 @@ class Session:
         if self.log:
             shown = src.path if hasattr(src, "path") else os.fsencode(src)  # a remote tree: its URL
             roots = f"{display(shown)} {display(os.fsencode(dst))}"
-            self.log.write(f"start: {mode.value} {roots}" + (" (dry run)" if options.dry_run else ""))
-        self.start_progress()
+            self.log.write(f"start: {mode.value} {roots} ({describe_options(options)})")
+        self.start_progress(mode is Mode.CHECK)
         if self.view.verbose and not self.view.quiet and mode is not Mode.CHECK:
             self.sinks.append(self.print_action)
         if mode is Mode.CHECK and self.log is not None:
@@ -76,12 +77,12 @@ class Session:
         run = {Mode.COPY: copy_tree, Mode.SYNC: sync_tree, Mode.CHECK: check_tree}[mode]
         return run(src, dst, options, on_event=self.on_event)
 
-    def start_progress(self) -> None:
+    def start_progress(self, checking: bool) -> None:
         wanted = self.view.progress
         if wanted is None:
             wanted = sys.stderr.isatty() and not self.view.quiet
         if wanted:
-            self.progress = BarSink() if sys.stderr.isatty() else LineSink()
+            self.progress = BarSink(checking) if sys.stderr.isatty() else LineSink(checking=checking)
             self.sinks.append(self.progress)
 
     def on_event(self, event: Event) -> None:
@@ -117,6 +118,9 @@ class Session:
                     print(difference)
             for warning in report.warnings:
                 print(f"mirror: warning: {warning}", file=sys.stderr)
+            if self.view.verbose:
+                for line in held_back(report):
+                    print(f"mirror: {line}", file=sys.stderr)
         for failure in report.errors:
             print(f"mirror: error: {failure}", file=sys.stderr)
         summary = summarize(report)
@@ -127,9 +131,13 @@ class Session:
                 self.log.write(f"interrupted by {signal.Signals(signum).name}")
             for warning in report.warnings:
                 self.log.write(f"warning: {warning}")
+            for line in held_back(report):
+                self.log.write(line)
             for failure in report.errors:
                 self.log.write(f"error: {failure}")
-            self.log.write(f"summary: {summary}")
+            # the last line of every run, interrupted too: what a script or an operator greps
+            code = report.exit_code if signum is None else 128 + signum
+            self.log.write(f"end: exit {code}: {summary}")
         if self.view.json:
             summary = report.to_dict()
             if signum is not None:

@@ -59,6 +59,36 @@ def summarize(report: Report) -> str:
     return _tail(report, text)
 
 
+def describe_options(options) -> str:
+    """The settings of a run that shape what it does, for the log's start line."""
+    parts = [f"jobs {options.jobs}"]
+    flags = [("dry run", options.dry_run), ("checksum", options.checksum), ("-H", options.hard_links),
+             ("-X", options.xattrs), ("-A", options.acls), ("-x", options.one_file_system),
+             ("no sparse", not options.sparse), ("delete excluded", options.delete_excluded),
+             ("allow empty SRC", options.allow_empty_src), ("strict", options.strict),
+             ("owners", options.owner)]
+    parts += [name for name, on in flags if on]
+    parts += [f"exclude {pattern}" for pattern in options.excludes]
+    parts += [f"include {pattern}" for pattern in options.includes]
+    if options.max_delete is not None:
+        parts.append(f"max-delete {options.max_delete}")
+    parts.append(f"retries {options.retries}")
+    return ", ".join(parts)
+
+
+HELD_BACK_SHOWN = 20
+
+
+def held_back(report: Report) -> list[str]:
+    """The deletions a run did not do (--max-delete, or errors), as lines, up to a limit."""
+    paths, lines = report.held_back, []
+    for path in paths[:HELD_BACK_SHOWN]:
+        lines.append(f"held back: delete {display(path)}")
+    if len(paths) > HELD_BACK_SHOWN:
+        lines.append(f"held back: and {len(paths) - HELD_BACK_SHOWN:,} more deletions")
+    return lines
+
+
 def _tail(report: Report, text: str) -> str:
     if report.deletions_skipped:
         text += f". {report.deletions_skipped}"
