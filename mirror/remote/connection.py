@@ -81,9 +81,10 @@ class Connection:
         except OSError as error:
             raise OSError(error.errno or errno.ECONNREFUSED,
                           error.strerror or str(error)) from None
+        self.sock = self.raw = raw
+        self.stream = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = raw
             if address.tls_ca is not None:
                 from .credentials import client_tls
                 self.sock = client_tls(address.tls_ca).wrap_socket(raw, server_hostname=address.host)
@@ -91,7 +92,7 @@ class Connection:
             self.greet()
             self.sock.settimeout(REPLY_S)
         except BaseException as error:
-            raw.close()
+            self.close()
             if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
                 raise
             raise handshake_failed(error, address) from None
@@ -150,10 +151,13 @@ class Connection:
             view = view[count:]
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        """Close for good: the buffered reader holds the socket open too (makefile)."""
+        for part in (self.stream, self.sock, self.raw):
+            try:
+                if part is not None:
+                    part.close()
+            except OSError:
+                pass
 
 
 def handshake_failed(error: BaseException, address: Address) -> OSError:
