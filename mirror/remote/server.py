@@ -160,8 +160,10 @@ class Server:
             self.log(f"client {peer}: protocol error: {error}; connection closed")
         except socket.timeout:
             self.log(f"client {peer}: silent for too long; connection closed")
+        except EOFError:  # closed between frames (a probe, a client that gave up): nothing to say
+            pass
         except OSError as error:  # the peer went away, or TLS failed: that connection only
-            if not self.stopping and not isinstance(error, (ConnectionError, EOFError)):
+            if not self.stopping and not isinstance(error, ConnectionError):
                 self.log(f"client {peer}: {error}; connection closed")
         finally:
             sock.close()
