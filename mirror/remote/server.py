@@ -249,13 +249,15 @@ class Channel:
         self.plain = not hasattr(sock, "version")  # an SSLSocket cannot sendfile
 
     def read(self, limit: int) -> tuple[Frame, bytes]:
+        """The next frame; EOFError if the peer closed between frames, ProtocolError if it
+        closed inside one (a truncated frame)."""
         header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
+        if not header:
             raise EOFError("connection closed")
         kind, length = wire.parse_header(header, limit)
         payload = self.stream.read(length)
         if len(payload) < length:
-            raise EOFError("connection closed")
+            raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
         return kind, payload
 
     def send(self, data: bytes) -> None:
