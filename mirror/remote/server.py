@@ -184,6 +184,7 @@ class Server:
         if version != wire.VERSION:
             channel.send(wire.pack_error(errno.EPROTONOSUPPORT, f"protocol version {version} is not "
                                          f"supported (this server speaks {wire.VERSION})"))
+            self.log(f"client {peer}: refused, protocol version {version} (this server speaks {wire.VERSION})")
             return None
         nonce = os.urandom(wire.NONCE)
         flags = wire.AUTH_REQUIRED if self.token is not None else 0
