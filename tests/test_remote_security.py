@@ -536,6 +536,7 @@ def test_an_idle_connection_is_closed_after_idle_s_with_a_log_line(tmp_path, ser
     root = secret_tree(tmp_path)
     served = serve(root, idle_s=0.5)
     conn = served.connect()
+    conn.sock.settimeout(5)  # not the client's own two minutes
     started = time.monotonic()
 
     with pytest.raises(EOFError):
