@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Link, build
+from conftest import Fifo, Link, build, needs_root
 from mirror.paths import join
 from mirror.remote import wire
 from mirror.remote.connection import Address, Connection, Refused
@@ -309,6 +309,48 @@ def test_links_to_outside_are_listed_as_links_and_pulled_as_links(tmp_path, serv
     everything = b"".join(payload for _, payload in top + sub)
     assert SECRET not in everything and INNER not in everything
     assert pull(served.address()) == local_tree(root)
+
+
+def test_a_fifo_is_never_opened_by_a_request(tmp_path, serve):
+    """Opening a FIFO (or a device: a watchdog, a tape) acts on its own, and a read of one may
+    never end: READ and DIGEST refuse anything but a regular file before opening it."""
+    root = tmp_path / "root"
+    build(root, {"pipe": Fifo(), "file": b"x"})
+    served = serve(root)
+    writer_in = threading.Event()  # a writer blocks in open() until someone opens the FIFO to read
+
+    def writer():
+        os.close(os.open(root / "pipe", os.O_WRONLY))
+        writer_in.set()
+    threading.Thread(target=writer, daemon=True).start()
+    conn = served.connect()
+    conn.sock.settimeout(5)
+    try:
+        for kind in (Frame.READ, Frame.DIGEST):
+            replies, closed = exchange(conn, request(kind, b"pipe"))
+            assert [code for code, _ in replies] == [Frame.ERROR] and not closed, (kind, replies)
+            assert wire.parse_error(replies[0][1])[0] == errno.EINVAL
+        assert not writer_in.wait(0.2), "the server opened the FIFO"
+    finally:
+        conn.close()
+        os.close(os.open(root / "pipe", os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    assert writer_in.wait(5)
+
+
+@needs_root
+def test_a_digest_of_a_device_is_refused_not_read_for_ever(tmp_path, serve):
+    root = tmp_path / "root"
+    build(root, {"file": b"x"})
+    os.mknod(root / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero: never ends
+    served = serve(root)
+    conn = served.connect()
+    conn.sock.settimeout(5)
+    try:
+        for kind in (Frame.DIGEST, Frame.READ):
+            replies, closed = exchange(conn, request(kind, b"zero"))
+            assert [code for code, _ in replies] == [Frame.ERROR] and not closed, (kind, replies)
+    finally:
+        conn.close()
 
 
 # -- 3. malformed frames --------------------------------------------------------------------

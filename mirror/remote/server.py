@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..errors import MirrorError
 from ..model import display
+from ..paths import split
 from ..plan.tree import LocalTree, unchanged
 from . import wire
 from .wire import Frame, ProtocolError
@@ -326,7 +327,17 @@ class Handler:
         for data in frames:
             self.channel.send(data)
 
+    def regular(self, path: bytes) -> None:
+        """Refuse anything but a regular file before it is opened: opening a FIFO or a device
+        (a watchdog, a tape) acts on its own, and reading /dev/zero never ends. A client may
+        name any path; a local run only opens what it listed as a file."""
+        parent, name = split(path)
+        mode = os.stat(name, dir_fd=self.tree.folder(parent), follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else errno.EINVAL, "not a regular file")
+
     def read(self, request: wire.Read) -> None:
+        self.regular(request.path)
         fd, entry = self.tree.open(request.path, None)
         try:
             size = request.expect[0] if request.expect else entry.size
@@ -372,6 +383,7 @@ class Handler:
         return sent
 
     def digest(self, path: bytes) -> None:
+        self.regular(path)
         self.channel.send(wire.frame(Frame.HASH, self.tree.digest(path)))
 
 
