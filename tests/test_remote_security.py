@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import re
+import select
 import socket
 import stat
 import subprocess
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 from conftest import Fifo, Link, build, needs_root
 from mirror.paths import join
+from mirror.remote import server as server_module
 from mirror.remote import wire
 from mirror.remote.connection import Address, Connection, Refused
 from mirror.remote.server import RateLimit, Server
@@ -589,6 +591,30 @@ def test_an_idle_connection_is_closed_after_idle_s_with_a_log_line(tmp_path, ser
     assert 0.4 < waited < 5, waited
     assert served.logged("client 127.0.0.1: silent for too long; connection closed")
     assert pull(served.address()) == local_tree(root)  # a busy client is not idle
+
+
+def test_a_client_dripping_its_hello_is_cut_when_the_handshake_time_is_up(tmp_path, serve, monkeypatch):
+    """The handshake has HANDSHAKE_S in all, not per byte: a peer sending a byte now and then
+    (slowloris) must not hold a connection and its thread for minutes before saying who it is."""
+    monkeypatch.setattr(server_module, "HANDSHAKE_S", 1.0)
+    served = serve(secret_tree(tmp_path))
+    client = RawClient(served)
+    started, cut = time.monotonic(), None
+
+    for byte in wire.pack_hello(bytes(16), bytes(32))[:-1]:  # one byte every 0.2 s, never all
+        client.send(bytes([byte]))
+        if select.select([client.sock], [], [], 0.2)[0]:
+            try:
+                closed = not client.sock.recv(1)
+            except ConnectionResetError:
+                closed = True
+            if closed:
+                cut = time.monotonic() - started
+                break
+
+    assert cut is not None and cut < 3, cut
+    assert served.logged("client 127.0.0.1: silent for too long; connection closed")
+    client.sock.close()
 
 
 def test_max_clients_refuses_one_more_run_while_the_others_keep_working(tmp_path, serve):

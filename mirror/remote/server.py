@@ -18,7 +18,7 @@ from ..plan.tree import LocalTree, unchanged
 from . import wire
 from .wire import Frame, ProtocolError
 
-HANDSHAKE_S = 10.0          # to say hello and prove the token
+HANDSHAKE_S = 10.0          # to say hello and prove the token, in all
 IDLE_S = 300.0              # a connection silent this long (or not reading) is closed
 RATE = 20_000               # requests a second per connection, in bursts of as many
 CONNECTIONS_PER_CLIENT = 256
@@ -153,7 +153,9 @@ class Server:
             if self.tls is not None:
                 sock = self.tls.wrap_socket(raw, server_side=True)
             channel = Channel(sock)
+            channel.deadline = time.monotonic() + HANDSHAKE_S
             session = self.greet(channel, peer)
+            channel.deadline = None
             if session is not None:
                 sock.settimeout(self.idle_s)
                 Handler(self, channel, session).run()
@@ -249,18 +251,37 @@ class Channel:
         self.sock = sock
         self.stream = sock.makefile("rb", buffering=1 << 16)
         self.plain = not hasattr(sock, "version")  # an SSLSocket cannot sendfile
+        self.deadline: float | None = None  # the handshake's: when it must be done
 
     def read(self, limit: int) -> tuple[Frame, bytes]:
         """The next frame; EOFError if the peer closed between frames, ProtocolError if it
         closed inside one (a truncated frame)."""
-        header = self.stream.read(wire.HEADER.size)
+        header = self.take(wire.HEADER.size)
         if not header:
             raise EOFError("connection closed")
         kind, length = wire.parse_header(header, limit)
-        payload = self.stream.read(length)
+        payload = self.take(length)
         if len(payload) < length:
             raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
         return kind, payload
+
+    def take(self, count: int) -> bytes:
+        """`count` bytes, fewer if the peer closes. Before the deadline if one is set (a socket
+        timeout counts from each byte: a peer dripping bytes would never reach it), read straight
+        from the socket then, so that nothing is buffered ahead of the stream."""
+        if self.deadline is None:
+            return self.stream.read(count)
+        data = b""
+        while len(data) < count:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("handshake not done in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
