@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 from ..errors import MirrorError
 from ..model import display
+from ..paths import split
 from ..plan.tree import LocalTree, unchanged
 from . import wire
 from .wire import Frame, ProtocolError
 
-HANDSHAKE_S = 10.0          # to say hello and prove the token
+HANDSHAKE_S = 10.0          # to say hello and prove the token, in all
 IDLE_S = 300.0              # a connection silent this long (or not reading) is closed
 RATE = 20_000               # requests a second per connection, in bursts of as many
 CONNECTIONS_PER_CLIENT = 256
@@ -152,7 +153,9 @@ class Server:
             if self.tls is not None:
                 sock = self.tls.wrap_socket(raw, server_side=True)
             channel = Channel(sock)
+            channel.deadline = time.monotonic() + HANDSHAKE_S
             session = self.greet(channel, peer)
+            channel.deadline = None
             if session is not None:
                 sock.settimeout(self.idle_s)
                 Handler(self, channel, session).run()
@@ -160,8 +163,10 @@ class Server:
             self.log(f"client {peer}: protocol error: {error}; connection closed")
         except socket.timeout:
             self.log(f"client {peer}: silent for too long; connection closed")
+        except EOFError:  # closed between frames (a probe, a client that gave up): nothing to say
+            pass
         except OSError as error:  # the peer went away, or TLS failed: that connection only
-            if not self.stopping and not isinstance(error, (ConnectionError, EOFError)):
+            if not self.stopping and not isinstance(error, ConnectionError):
                 self.log(f"client {peer}: {error}; connection closed")
         finally:
             sock.close()
@@ -182,6 +187,7 @@ class Server:
         if version != wire.VERSION:
             channel.send(wire.pack_error(errno.EPROTONOSUPPORT, f"protocol version {version} is not "
                                          f"supported (this server speaks {wire.VERSION})"))
+            self.log(f"client {peer}: refused, protocol version {version} (this server speaks {wire.VERSION})")
             return None
         nonce = os.urandom(wire.NONCE)
         flags = wire.AUTH_REQUIRED if self.token is not None else 0
@@ -245,16 +251,37 @@ class Channel:
         self.sock = sock
         self.stream = sock.makefile("rb", buffering=1 << 16)
         self.plain = not hasattr(sock, "version")  # an SSLSocket cannot sendfile
+        self.deadline: float | None = None  # the handshake's: when it must be done
 
     def read(self, limit: int) -> tuple[Frame, bytes]:
-        header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
+        """The next frame; EOFError if the peer closed between frames, ProtocolError if it
+        closed inside one (a truncated frame)."""
+        header = self.take(wire.HEADER.size)
+        if not header:
             raise EOFError("connection closed")
         kind, length = wire.parse_header(header, limit)
-        payload = self.stream.read(length)
+        payload = self.take(length)
         if len(payload) < length:
-            raise EOFError("connection closed")
+            raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
         return kind, payload
+
+    def take(self, count: int) -> bytes:
+        """`count` bytes, fewer if the peer closes. Before the deadline if one is set (a socket
+        timeout counts from each byte: a peer dripping bytes would never reach it), read straight
+        from the socket then, so that nothing is buffered ahead of the stream."""
+        if self.deadline is None:
+            return self.stream.read(count)
+        data = b""
+        while len(data) < count:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("handshake not done in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(count - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -321,7 +348,17 @@ class Handler:
         for data in frames:
             self.channel.send(data)
 
+    def regular(self, path: bytes) -> None:
+        """Refuse anything but a regular file before it is opened: opening a FIFO or a device
+        (a watchdog, a tape) acts on its own, and reading /dev/zero never ends. A client may
+        name any path; a local run only opens what it listed as a file."""
+        parent, name = split(path)
+        mode = os.stat(name, dir_fd=self.tree.folder(parent), follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.ELOOP if stat.S_ISLNK(mode) else errno.EINVAL, "not a regular file")
+
     def read(self, request: wire.Read) -> None:
+        self.regular(request.path)
         fd, entry = self.tree.open(request.path, None)
         try:
             size = request.expect[0] if request.expect else entry.size
@@ -367,6 +404,7 @@ class Handler:
         return sent
 
     def digest(self, path: bytes) -> None:
+        self.regular(path)
         self.channel.send(wire.frame(Frame.HASH, self.tree.digest(path)))
 
 

@@ -100,7 +100,10 @@ def frame(kind: Frame, payload: bytes = b"") -> bytes:
 
 
 def parse_header(header: bytes, limit: int) -> tuple[Frame, int]:
-    """(type, payload length) of a frame header; ProtocolError for an unknown or oversized one."""
+    """(type, payload length) of a frame header; ProtocolError for an unknown, oversized or
+    truncated one."""
+    if len(header) != HEADER.size:
+        raise ProtocolError("truncated frame header")
     length, code = HEADER.unpack(header)
     try:
         kind = Frame(code)
