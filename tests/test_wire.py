@@ -426,3 +426,16 @@ def test_only_the_right_token_in_the_right_role_verifies(token, other, first, se
     assert not wire.check_proof(token, b"client", second, first, given_proof)       # nonces swapped
     assert not wire.check_proof(token, b"client", first, second, given_proof[:-1])  # cut short
 
+
+
+def test_the_client_takes_no_empty_oversized_or_surplus_data_frame_and_no_short_unchanged_file():
+    wire.check_data(1, 0, 10)
+    wire.check_data(wire.DATA_FRAME, 0, wire.DATA_FRAME)
+    for length, received, limit in ((0, 0, 10), (wire.DATA_FRAME + 1, 0, 1 << 30), (5, 6, 10)):
+        with pytest.raises(ProtocolError):
+            wire.check_data(length, received, limit)  # empty: a server could send them for ever
+    wire.check_end(True, 10, 10, 10)
+    wire.check_end(False, 4, 4, 10)  # changed (it shrank): the copy is redone, not kept
+    for same, sent, received, expected in ((True, 4, 4, 10), (False, 5, 4, 10)):
+        with pytest.raises(ProtocolError):
+            wire.check_end(same, sent, received, expected)

@@ -329,7 +329,8 @@ class Handler:
         self.channel.send(wire.frame(Frame.ENTRY, wire.pack_stat(entry_of(path, st))))
 
     def list(self, path: bytes) -> None:
-        frames, items, size = [], [], 0
+        """ENTRIES frames sent as they fill (no error can follow the listing itself), END."""
+        items, size = [], 0
         for name, st in self.tree.list(path).items():
             try:
                 entry = self.tree.entry(path, name, st)
@@ -340,13 +341,9 @@ class Handler:
             items.append((name, entry))
             size += len(name) + len(entry.target or b"") + 80
             if size >= LIST_FRAME:
-                frames.append(wire.pack_entries(items))
+                self.channel.send(wire.pack_entries(items))
                 items, size = [], 0
-        if items:
-            frames.append(wire.pack_entries(items))
-        frames.append(wire.frame(Frame.END))
-        for data in frames:
-            self.channel.send(data)
+        self.channel.send((wire.pack_entries(items) if items else b"") + wire.frame(Frame.END))
 
     def regular(self, path: bytes) -> None:
         """Refuse anything but a regular file before it is opened: opening a FIFO or a device

@@ -102,7 +102,8 @@ class Stripe:
         buffer = memoryview(bytearray(wire.DATA_FRAME))
         while True:
             kind, length = conn.read_header()
-            if kind is Frame.DATA and self.received + length <= request.length and not self.stopped:
+            if kind is Frame.DATA and not self.stopped:
+                wire.check_data(length, self.received, request.length)
                 conn.read_into(buffer[:length])
                 try:
                     write_at(self.out, buffer[:length], request.offset + self.received)
@@ -111,8 +112,7 @@ class Stripe:
                 self.received += length
             elif kind is Frame.EOF:
                 self.same, sent = wire.parse_eof(conn.read_exact(length))
-                if sent != self.received:
-                    raise ProtocolError("end of file does not match the data")
+                wire.check_end(self.same, sent, self.received, request.length)
                 self.done()
                 return
             elif kind is Frame.ERROR:

@@ -25,7 +25,6 @@ REQUEST_BYTES = 48 << 10
 REPLY_OVERHEAD = 128          # bytes of frames around a file's data
 DOWN_S = 2.0                  # after a failed connect, fail at once for this long
 FRESH_S = 60.0                # a connection idle this long is opened again before use
-_scratch = bytearray(wire.DATA_FRAME)
 
 
 class Pending:
@@ -64,6 +63,7 @@ class RemoteTree:
         self.in_flight = self.request_bytes = 0
         self.down: tuple[OSError, float] | None = None
         self.helpers = Helpers(address)  # extra connections for big files
+        self.buffer: memoryview | None = None  # one frame's bytes, this tree's own
         self.last_used = 0.0
 
     def __reduce__(self):
@@ -139,21 +139,22 @@ class RemoteTree:
         return received
 
     def receive_stripe(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
-        conn, received, view = handle.conn, 0, memoryview(_scratch)
+        if self.buffer is None:
+            self.buffer = memoryview(bytearray(wire.DATA_FRAME))
+        conn, received, view = handle.conn, 0, self.buffer
         while True:
             try:
                 kind, length = conn.read_header()
-                if kind is Frame.DATA and received + length <= size:
+                if kind is Frame.DATA:
+                    wire.check_data(length, received, size)
                     conn.read_into(view[:length])
                 elif kind is Frame.EOF:
                     handle.same, sent = wire.parse_eof(conn.read_exact(length))
-                    if sent != received:
-                        raise ProtocolError("end of file does not match the data")
+                    wire.check_end(handle.same, sent, received, size)
                 elif kind is Frame.ERROR:
                     code, message = wire.parse_error(conn.read_exact(length))
                 else:
-                    raise ProtocolError("more data than the file has" if kind is Frame.DATA
-                                        else f"{kind.name} inside a file")
+                    raise ProtocolError(f"{kind.name} inside a file")
             except (OSError, ProtocolError, EOFError) as error:
                 raise (self.side_broken(error, handle.path) if conn is self.side
                        else self.broken(error, handle.path)) from None
@@ -328,7 +329,7 @@ class RemoteTree:
             while self.sent[0] is not request:
                 ahead = self.sent.popleft()
                 if ahead.kind is Frame.READ:
-                    skip_file(self.conn)
+                    skip_file(self.conn, ahead)
                 else:
                     self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead)
                 self.replied(ahead)
@@ -368,6 +369,8 @@ def read_reply(conn: Connection, request: Pending):
         listing: dict[bytes, wire.RemoteStat] = {}
         while kind is Frame.ENTRIES:
             wire.parse_entries(payload, listing)
+            if len(listing) > wire.MAX_LISTING:  # a hostile server's endless folder
+                raise ProtocolError("listing too long")
             kind, payload = conn.read()
         if kind is not Frame.END or payload:
             raise ProtocolError("listing not ended")
@@ -379,19 +382,22 @@ def read_reply(conn: Connection, request: Pending):
     raise ProtocolError(f"{kind.name} in reply to {request.kind.name}")
 
 
-def skip_file(conn: Connection) -> None:
-    """Read past a file's reply nobody asked for in the end."""
+def skip_file(conn: Connection, request: Pending) -> None:
+    """Read past a file's reply nobody asked for in the end (no more than it asked for)."""
     kind, _ = conn.read()
     if kind is Frame.ERROR:
         return
     if kind is not Frame.FILE:
         raise ProtocolError(f"{kind.name} instead of a file")
+    skipped = 0
     while True:
-        kind, _ = conn.read()
+        kind, data = conn.read()
         if kind is Frame.EOF or kind is Frame.ERROR:
             return
         if kind is not Frame.DATA:
             raise ProtocolError(f"{kind.name} inside a file")
+        wire.check_data(len(data), skipped, request.size)
+        skipped += len(data)
 
 
 def write_all(fd: int, view: memoryview) -> None:

@@ -26,6 +26,7 @@ NONCE = 32
 MAC = 32                                # HMAC-SHA256
 SESSION = 16
 NO_LIMIT = (1 << 64) - 1                # READ's length: to the end of the file
+MAX_LISTING = 1 << 24                   # entries in one folder a client takes
 
 HELLO = struct.Struct(f"!6sH{SESSION}s{NONCE}s")   # magic, version, session id, client nonce
 WELCOME = struct.Struct(f"!6sHB{NONCE}s")          # magic, version, flags, server nonce
@@ -255,6 +256,19 @@ def parse_one_stat(payload: bytes) -> RemoteStat:
     st = parse_stat(reader)
     reader.end()
     return st
+
+
+def check_data(length: int, received: int, limit: int) -> None:
+    """A DATA frame the client may take: not empty (a server could spin it for ever), not over
+    a frame, not past the bytes asked for."""
+    if not 0 < length <= DATA_FRAME or received + length > limit:
+        raise ProtocolError("more data than the file has" if length else "empty data frame")
+
+
+def check_end(same: bool, sent: int, received: int, expected: int) -> None:
+    """An EOF must count the bytes sent, and an unchanged file must have sent them all."""
+    if sent != received or (same and received != expected):
+        raise ProtocolError("end of file does not match the data")
 
 
 def pack_error(code: int, message: str) -> bytes:
