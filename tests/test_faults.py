@@ -42,13 +42,13 @@ def wait_for_temp(dst, timeout=30.0) -> None:
 def test_kill_9_at_ten_moments_then_the_next_run_repairs(tmp_path):
     src = tmp_path / "src"
     build(src, SMALL_TREE)
-    with open(src / "big/sparse", "wb") as stream:  # a slower copy, for kills mid-write
+    with open(src / "big/sparse", "wb") as stream:  # slower with --no-sparse, for kills mid-write
         stream.truncate(128 << 20)
     moments = random.Random(42).sample([i / 100 for i in range(5, 60)], 10)
     left_temp_files = 0
     for number, moment in enumerate(moments):
         dst = tmp_path / f"dst{number}"
-        process = start("copy" if number % 2 else "sync", src, dst, "-j", "3")
+        process = start("copy" if number % 2 else "sync", src, dst, "-j", "3", "--no-sparse")
         if number < 5:
             time.sleep(moment)           # anywhere: start-up, walk, copies, the end
         else:
@@ -108,7 +108,7 @@ def start_huge_copy(tmp_path, jobs: int):
     """A copy of a 1 GiB sparse file, once a worker writes it: (process, src, dst, writers)."""
     src = sparse_source(tmp_path, 1 << 30)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", jobs)
+    process = start("copy", src, dst, "-j", jobs, "--no-sparse")  # every byte written: slow
     wait_for_temp(dst)
     deadline = time.monotonic() + 30
     while not (writers := holders_of_temp(dst)) and time.monotonic() < deadline:
@@ -157,7 +157,7 @@ def test_killed_idle_workers_do_not_hang_the_run(tmp_path, then):
 def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
     src = sparse_source(tmp_path)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", "2", "--json")
+    process = start("copy", src, dst, "-j", "2", "--json", "--no-sparse")
     wait_for_temp(dst)
     manager = children(process.pid)[0][1]  # started first, before the pool
     os.kill(manager, signal.SIGKILL)
@@ -174,7 +174,7 @@ def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
 def test_two_concurrent_runs_the_second_exits_3(tmp_path):
     src = sparse_source(tmp_path, 2 << 30)
     dst = tmp_path / "dst"
-    first = start("copy", src, dst)
+    first = start("copy", src, dst, "--no-sparse")
     wait_for_temp(dst)
     try:
         second = run_mirror("sync", src, dst)
@@ -267,7 +267,7 @@ def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
     dst = tmp_path / "dst"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    process = start("copy", src, dst, "-j", "2", env={**os.environ, "TMPDIR": str(tmp)})
+    process = start("copy", src, dst, "-j", "2", "--no-sparse", env={**os.environ, "TMPDIR": str(tmp)})
     wait_for_temp(dst)
     helpers = [pid for _, pid in children(process.pid)]
     assert len(helpers) >= 3  # the manager and two workers

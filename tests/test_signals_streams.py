@@ -194,7 +194,7 @@ def test_a_stop_signal_while_the_pool_starts(tmp_path, signum):
 def sparse_source(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    with open(src / "huge", "wb") as stream:  # sparse: cheap to make, slow to copy
+    with open(src / "huge", "wb") as stream:  # sparse: cheap to make, slow to copy with --no-sparse
         stream.truncate(6 << 30)
     return src
 
@@ -203,7 +203,7 @@ def test_a_hangup_stops_the_run_cleanly_with_129(tmp_path):
     src = sparse_source(tmp_path)
     dst = tmp_path / "dst"
     log = tmp_path / "log"
-    process = subprocess.Popen(command("copy", "-j", "2", "--log-file", log, src, dst),
+    process = subprocess.Popen(command("copy", "-j", "2", "--no-sparse", "--log-file", log, src, dst),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 30
@@ -228,7 +228,7 @@ def test_under_nohup_a_hangup_changes_nothing(tmp_path):
     with open(src / "big", "wb") as stream:  # above 16 MiB: written under a temporary name
         stream.truncate(256 << 20)
     dst = tmp_path / "dst"
-    process = subprocess.Popen(command("copy", "-j", "2", src, dst), stdout=subprocess.PIPE,
+    process = subprocess.Popen(command("copy", "-j", "2", "--no-sparse", src, dst), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     deadline = time.monotonic() + 30
