@@ -65,9 +65,10 @@ def files_in(root) -> dict[bytes, bytes]:
     return found
 
 
-def has_a_file(root) -> bool:
+def has_a_file(root, besides: str = "kept") -> bool:
+    """Any file below root (a temporary one too) but the one named `besides`."""
     for _folder, _dirs, names in os.walk(root):
-        if names:
+        if set(names) - {besides}:
             return True
     return False
 
@@ -318,11 +319,14 @@ def big_tree(tmp_path_factory) -> Path:
     return src
 
 
+@pytest.mark.parametrize("command", ["copy", "sync"])
 def test_a_server_killed_mid_pull_fails_the_run_cleanly_and_a_new_server_finishes_it(
-        big_tree, served, tmp_path):
+        big_tree, served, tmp_path, command):
     src, dst = big_tree, tmp_path / "dst"
+    if command == "sync":
+        build(dst, {"extra/kept": b"not in SRC: a sync that failed deletes nothing"})
     server = served(src)
-    client = start("copy", "-j", "2", server.url + "/", dst)
+    client = start(command, "-j", "2", server.url + "/", dst)
     deadline = time.monotonic() + 30
     while not (dst.is_dir() and has_a_file(dst)):
         assert client.poll() is None and time.monotonic() < deadline, client.communicate()
@@ -340,13 +344,15 @@ def test_a_server_killed_mid_pull_fails_the_run_cleanly_and_a_new_server_finishe
     assert time.monotonic() - started < 30
     assert temp_files(dst) == []
     copied = files_in(dst)
+    if command == "sync":
+        assert copied.pop(b"extra/kept").startswith(b"not in SRC")
     assert copied, "nothing was copied before the kill"
     for rel, data in copied.items():
         assert data == (src / os.fsdecode(rel)).read_bytes(), rel   # no partial file, ever
     assert len(copied) < 2003, "everything was copied before the kill"
 
     again = served(src)
-    repaired = mirror("copy", again.url + "/", dst)
+    repaired = mirror(command, again.url + "/", dst)
 
     assert repaired.returncode == 0, repaired.stderr
     assert snapshot(dst) == snapshot(src) and temp_files(dst) == []
@@ -368,7 +374,51 @@ def test_a_client_killed_mid_pull_leaves_the_server_serving(big_tree, served, tm
     assert server.process.poll() is None, server.log()
     assert second.returncode == 0, second.stderr
     assert snapshot(tmp_path / "dst") == snapshot(src)
+    deadline = time.monotonic() + 15   # a run is logged once its last connection has been gone 3 s
+    while len(re.findall(r"session \w+: pulled /, ", server.log())) < 2:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
     server.stop()   # exit 0, and no traceback in its log
+    runs = re.findall(r"session \w+: pulled /, (\d+) files", server.log())
+    assert len(runs) == 2 and 2003 in map(int, runs), server.log()   # the killed run's line, and ours
+
+
+STOPPED_WHILE_LOGGING = """
+import os, signal, sys, threading
+from mirror.errors import Terminated, catch_stop_signals
+catch_stop_signals()
+from mirror.remote import log_line, serve
+from mirror.remote.connection import Address, Connection
+
+def one_run(address):  # a client run that connects and leaves at once
+    def run():
+        conn = Connection(Address(address[0], address[1], b"", session=os.urandom(16)))
+        conn.close()
+        conn.stream.close()
+    threading.Thread(target=run).start()
+
+def log(line):
+    if " session " in line and not log.signalled:  # a stop signal comes as the line is written
+        log.signalled = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    log_line(line)
+log.signalled = False
+
+try:
+    serve(sys.argv[1], port=0, log=log, on_ready=one_run)
+except Terminated:
+    log_line("stopped")
+"""
+
+
+def test_a_stop_signal_while_the_server_logs_a_run_loses_no_line(make_tree):
+    src = make_tree({"a": b"1"})
+
+    result = subprocess.run([sys.executable, "-c", STOPPED_WHILE_LOGGING, str(src)], capture_output=True,
+                            text=True, timeout=30)
+
+    assert result.returncode == 0 and result.stderr.endswith("stopped\n"), result.stderr
+    assert "session " in result.stderr, result.stderr   # the run's line, written at the stop if not before
 
 
 def test_no_server_exits_2_with_one_line_naming_the_url(make_tree, tmp_path):
