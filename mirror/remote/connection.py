@@ -161,6 +161,8 @@ class Connection:
 
 
 def handshake_failed(error: BaseException, address: Address) -> OSError:
+    if type(error).__module__ == "ssl":  # a certificate refused, a protocol mismatch
+        return OSError(errno.EACCES, f"TLS handshake failed: {getattr(error, 'reason', None) or error}")
     if isinstance(error, EOFError) or (isinstance(error, OSError) and error.errno in (
             errno.ECONNRESET, None)):
         hint = "" if address.tls_ca else " (if the server uses TLS, give --tls-ca)"

@@ -129,10 +129,12 @@ class Server:
         with self.lock:
             ended = [session for session in self.sessions.values()
                      if session.connections == 0 and session.ended < before]
-            for session in ended:
-                del self.sessions[session.key]
         for session in ended:
+            # written, then forgotten: a stop signal between the two must not lose the line
             self.log(session.line())
+            with self.lock:
+                if self.sessions.get(session.key) is session and not session.connections:
+                    del self.sessions[session.key]
 
     def admit(self, sock: socket.socket, peer: str) -> None:
         with self.lock:
