@@ -66,10 +66,10 @@ def test_verbose_and_log_file_escape_names_and_roots(make_tree, tmp_path):
     lines = log.read_bytes().splitlines()
     assert all(LOG_LINE.match(line) for line in lines), "every line is the log's own"
     assert sorted(LOG_LINE.sub(b"", line) for line in lines[1:-1]) == expected
-    assert lines[0].endswith(b" start: copy " + os.fsencode(tmp_path) + b"/src\\n- forged root "
-                             + os.fsencode(tmp_path) + b"/dst")
+    assert (b" start: copy " + os.fsencode(tmp_path) + b"/src\\n- forged root "
+            + os.fsencode(tmp_path) + b"/dst (jobs ") in lines[0]
     told = [LOG_LINE.sub(b"", line) for line in lines]
-    assert [line for line in told if line.startswith(b"summary:")] == [told[-1]]
+    assert [line for line in told if line.startswith(b"end: exit 0: ")] == [told[-1]]
 
 
 def test_warnings_escape_names_on_stderr_and_in_the_log(make_tree, tmp_path, monkeypatch):

@@ -164,8 +164,11 @@ def stopped_early(stop: BaseException, mode: Mode | None = None, view=None) -> i
     guard_output()
     report = Report(mode or Mode.COPY, Options().jobs, False)
     report.interrupted = True
-    with Session(SimpleNamespace(**{**vars(view), "log_file": None})) as session:
-        session.finish(report, signal_number(stop))
+    try:
+        with Session(SimpleNamespace(**vars(view))) as session:  # the log too: its last line says so
+            session.finish(report, signal_number(stop))
+    except MirrorError:  # the log cannot be opened: stderr has said it all
+        pass
     return 128 + signal_number(stop)
 
 
@@ -173,8 +176,10 @@ def read_view(args: list[str]) -> tuple[Mode, SimpleNamespace]:
     """Enough of the arguments, read without typer, to summarize a run stopped before typer did."""
     args = args[:args.index("--")] if "--" in args else args
     mode = next((Mode(arg) for arg in args if arg in ("copy", "sync", "check")), Mode.COPY)
+    log_file = next((value for flag, value in zip(args, args[1:]) if flag == "--log-file"), None)
+    log_file = next((arg.split("=", 1)[1] for arg in args if arg.startswith("--log-file=")), log_file)
     return mode, SimpleNamespace(quiet="-q" in args or "--quiet" in args, verbose=False,
-                                 progress=False, json="--json" in args, log_file=None, print0=False)
+                                 progress=False, json="--json" in args, log_file=log_file, print0=False)
 
 
 class Output:
