@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default=",".join(CASE_NAMES),
                         help=f"comma-separated, from {','.join(CASE_NAMES)} (default: all)")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs"
+                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs, remote"
                              "; 2 with --quick; 1 for memory)")
     parser.add_argument("--quick", action="store_true", help="trees ~10-50x smaller: a smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
