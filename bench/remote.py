@@ -35,17 +35,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """True when a socket listens on port (read from /proc: a probe would be a client session)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def wait_listening(port: int, process: subprocess.Popen, what: str, timeout: float = 20) -> None:
-    """Return once 127.0.0.1:port accepts; RuntimeError if `process` exits or time runs out."""
+    """Return once something listens on port; RuntimeError if `process` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        if listening(port):
             return
-        except OSError:
-            time.sleep(0.05)
+        time.sleep(0.05)
     raise RuntimeError(f"{what} is not listening on port {port} after {timeout:.0f} s")
 
 
@@ -66,6 +79,20 @@ def tree_cpu(pid: int) -> float:
         total += nodes.get(node, (0, 0))[1]
         stack.extend(child for child, (ppid, _cpu) in nodes.items() if ppid == node)
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def survivors(pgid: int) -> int:
+    """How many live (not zombie) processes are still in process group pgid."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            count += fields[0] != "Z" and int(fields[2]) == pgid
+    return count
 
 
 class Service:
@@ -107,11 +134,14 @@ class Service:
         code = self.process.returncode
         if not problems and code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM, 20):
             problems.append(f"{self.what} exited with {code}: {self.tail()}")  # rsync 20: signal
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)        # its children, if any outlived it
-            problems.append(f"{self.what}: processes of its session outlived it (killed)")
-        except ProcessLookupError:
-            pass
+        left = survivors(self.process.pid)
+        if left:
+            problems.append(f"{self.what}: {left} process(es) of its session outlived it "
+                            f"(killed)")
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self.process.stdout:
             self.process.stdout.close()
         self.handle.close()
