@@ -4,13 +4,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Protocol, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, Union
 
 from ..model import Entry, SourceError
 from ..paths import DirCache, split
 from .scan import entry, entry_from_stat, list_folder, stat_root
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+Source = Any   # an opened file: a descriptor (LocalTree), or what a tree's `open` gives
+# (source, DST's descriptor, bytes expected, progress callback) -> bytes copied
+CopyBytes = Callable[[Source, int, int, Callable[[int], None]], int]
 
 
 class Stat(Protocol):
@@ -48,16 +52,27 @@ class SourceTree(Protocol):
     def entry(self, rel: bytes, name: bytes, st: Stat) -> Entry | None:
         """The Entry of a listed name, with a link's target; None if it vanished since."""
 
-    def open(self, path: bytes, listed: Entry | None) -> tuple[int, Entry]:
-        """A readable descriptor of the regular file at `path` (a real file's where local, so
-        that copy_file_range and sendfile work) and what was opened: `listed` as given, or,
+    def open(self, path: bytes, listed: Entry | None) -> tuple[Source, Entry]:
+        """The regular file at `path`, opened (a local tree's descriptor, so that
+        copy_file_range and sendfile work), and what was opened: `listed` as given, or,
         without it, the file as it is now. Raises SourceError."""
 
-    def is_regular(self, fd: int) -> bool:
+    def copier(self, local: CopyBytes) -> CopyBytes:
+        """What moves an opened file's bytes into DST's descriptor: `local` (the fastest way
+        between two descriptors) where `open` gives descriptors, the tree's own otherwise."""
+
+    def release(self, source: Source) -> None:
+        """Close a file `open` gave."""
+
+    def is_regular(self, source: Source) -> bool:
         """The opened file is still a regular file (asked when reading it failed)."""
 
-    def unchanged(self, fd: int, before: Entry) -> bool:
+    def unchanged(self, source: Source, before: Entry) -> bool:
         """The opened file is still as `before` says (size, mtime, ctime), after its copy."""
+
+    def prefetch(self, folders: Iterable[bytes] = (), files: Iterable[Entry] = ()) -> None:
+        """What will be read next, in order: the listings of `folders`, then `files` (a
+        remote tree asks for them all at once; a local one has nothing to do)."""
 
     def digest(self, path: bytes) -> bytes:
         """The xxh3-128 digest of the regular file at `path` (--checksum)."""
@@ -112,6 +127,11 @@ class LocalTree:
             raise SourceError(errno.EINVAL, "no longer a regular file", path)
         return fd, entry_from_stat(path, st)
 
+    def copier(self, local: CopyBytes) -> CopyBytes:
+        return local
+
+    release = staticmethod(os.close)
+
     def is_regular(self, fd: int) -> bool:
         return stat.S_ISREG(os.fstat(fd).st_mode)
 
@@ -121,6 +141,9 @@ class LocalTree:
     def digest(self, path: bytes) -> bytes:
         from .checksum import file_digest  # xxhash only when --checksum asks for it
         return file_digest(self.folders, path)
+
+    def prefetch(self, folders: Iterable[bytes] = (), files: Iterable[Entry] = ()) -> None:
+        pass
 
     def close(self) -> None:
         self.folders.close()

@@ -120,7 +120,8 @@ class FileCopier:
         self.src = src
         self.owner = owner
         self.perm_bits = 0o7777 if owner else 0o1777  # setuid/setgid only with their owner
-        self.copy_bytes = copy_bytes
+        self.copy_bytes = src.copier(copy_bytes)  # a remote tree brings its own
+        self.release = src.release
         self.on_bytes = on_bytes
         self.place = place
         self.temps = TempFiles()
@@ -196,7 +197,7 @@ class FileCopier:
             discard(tmp, dst_dir_fd)  # a missing one is fine: the name may never have been made
             raise
         finally:
-            os.close(src_fd)
+            self.release(src_fd)
         return src.size
 
 

@@ -68,6 +68,7 @@ def replaces_folder(action: Action) -> bool:
 def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Outcome],
                 finished: Callable[[Outcome], None]) -> FolderResult:
     findings = Findings()
+    planner.src.prefetch(folders=[folder.src.path for folder in task.folders])
     for folder in task.folders:
         run_folder(folder, planner, apply, finished, findings)
     return findings.result()
@@ -83,6 +84,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             return  # its contents would all fail the same way
     subfolders: list[tuple[Entry, Entry | None]] = []
     creates: dict[bytes, Action] = {}
+    copies: list[Action] = []
     inline_copies = 0
     for item in planner.march_folder(folder.src, folder.dst, subfolders):
         if item is UNCHANGED_FILE:
@@ -97,7 +99,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             elif size >= BIG_FILE or inline_copies > INLINE_COPIES:
                 found.handoff.append(item)
             else:
-                finished(apply(item))
+                copies.append(item)
         elif isinstance(item, Problem):
             found.problems.append(item)
         elif isinstance(item, LinkedFile):
@@ -110,4 +112,8 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             finished(apply(item))
         else:
             found.later.append(item)
+    if copies:  # after the march: a remote SRC asks for them all at once
+        planner.src.prefetch(files=[action.src for action in copies])
+        for action in copies:
+            finished(apply(action))
     found.subfolders.extend(Folder(src, dst, creates.get(src.path)) for src, dst in subfolders)

@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from ..model import Mode, Outcome, Status
+from ..model import Mode, Op, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
 from ..plan.tree import LocalTree, SourceTree
@@ -16,6 +16,7 @@ from .messages import Batch, Done, WorkerReport
 REPORT_EVERY_S = 0.1
 STOPPED = 128 + 15   # a worker stopped by the master (SIGTERM)
 DONE = Status.DONE
+COPY = Op.COPY
 
 Emit = Callable[[WorkerReport], None]
 
@@ -50,6 +51,7 @@ class Worker:
         if isinstance(task, FolderTask):
             result = run_folders(task, self.planner, self.applier.apply, self.finish)
         else:
+            self.planner.src.prefetch(files=[action.src for action in task.actions if action.op is COPY])
             for action in task.actions:
                 self.finish(self.applier.apply(action))
         self.report(final=True, result=result)

@@ -21,7 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Copy, sync and check directory trees in parallel.\n\n" + EXIT_CODES)
 
-Src = Annotated[str, typer.Argument(metavar="SRC", help="Source folder; its contents are copied.", show_default=False)]
+Src = Annotated[str, typer.Argument(metavar="SRC", show_default=False, help=(
+    "Source folder, or mirror://HOST:PORT/PATH served by `mirror serve`; its contents are copied."))]
 Dst = Annotated[str, typer.Argument(metavar="DST", help="Destination folder; created when missing.", show_default=False)]
 Jobs = Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes [default: CPUs].")]
 DryRun = Annotated[bool, typer.Option("--dry-run", "-n", help="Say what would be done; change nothing.")]
@@ -45,6 +46,10 @@ AllowEmptySrc = Annotated[bool, typer.Option(
     "--allow-empty-src", help="Let an empty SRC empty a non-empty DST (refused by default).")]
 DeleteExcluded = Annotated[bool, typer.Option(
     "--delete-excluded", help="Delete excluded entries in DST too (kept by default).")]
+TokenFile = Annotated[Optional[str], typer.Option(
+    "--token-file", metavar="FILE", help="mirror:// SRC: the server's token (one line; chmod 600).")]
+TlsCa = Annotated[Optional[str], typer.Option(
+    "--tls-ca", metavar="FILE", help="mirror:// SRC: connect with TLS, trusting the certificates in FILE.")]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -78,10 +83,10 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
          hard_links: HardLinks = False, retries: Retries = 2, quiet: Quiet = False,
          verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
-         log_file: LogPath = None) -> None:
+         log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
-    execute(Mode.COPY, src, dst, view, lambda: build_options(
+    execute(Mode.COPY, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries))
 
 
@@ -93,7 +98,8 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          hard_links: HardLinks = False, retries: Retries = 2, max_delete: MaxDelete = None,
          allow_empty_src: AllowEmptySrc = False, delete_excluded: DeleteExcluded = False,
          quiet: Quiet = False, verbose: Verbose = False,
-         progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None) -> None:
+         progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
+         token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
     Deletes nothing when any entry failed to copy; a folder that a file, link or special
@@ -102,7 +108,7 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
     never empties a non-empty DST unless --allow-empty-src.
     """
     view = View(quiet, verbose, progress, json_summary, log_file)
-    execute(Mode.SYNC, src, dst, view, lambda: build_options(
+    execute(Mode.SYNC, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
         allow_empty_src, delete_excluded))
 
@@ -118,7 +124,7 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
           exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
           hard_links: HardLinks = False, quiet: Quiet = False,
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
-          print0: Print0 = False) -> None:
+          print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)
@@ -129,16 +135,36 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
                               "differences too (difference_list)")
         return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links)
 
-    execute(Mode.CHECK, src, dst, view, options)
+    execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options)
 
 
-def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:
+@dataclass(frozen=True)
+class Source:
+    """SRC as typed, and how to reach it when it is a mirror:// URL."""
+
+    path: str
+    token_file: str | None = None
+    tls_ca: str | None = None
+
+    def open(self, dst: str):
+        """The path, or the remote tree of a URL; MirrorError for options that do not fit."""
+        from ..remote import is_remote, refuse_remote_dst, remote_tree
+        refuse_remote_dst(dst)
+        if is_remote(self.path):
+            return remote_tree(self.path, self.token_file, self.tls_ca)
+        if self.token_file or self.tls_ca:
+            raise MirrorError("--token-file and --tls-ca are for a mirror:// SRC")
+        return self.path
+
+
+def execute(mode: Mode, src: Source, dst: str, view: View, make_options) -> None:
     """Run one command and leave with its exit code; no traceback for anything a user did."""
     from ..errors import Terminated
     try:
         from .session import Session
         with Session(view) as session:
-            report = session.run(mode, src, dst, make_options())
+            options = make_options()
+            report = session.run(mode, src.open(dst), dst, options)
             code = report.exit_code
     except Interrupted as stop:
         code = stop.exit_code
@@ -149,6 +175,42 @@ def execute(mode: Mode, src: str, dst: str, view: View, make_options) -> None:
         from .session import stopped_early
         code = stopped_early(stop, mode, view)
     raise typer.Exit(code)
+
+
+Root = Annotated[str, typer.Argument(metavar="ROOT", show_default=False, help="The folder to serve.")]
+Bind = Annotated[str, typer.Option("--bind", metavar="ADDRESS", help=(
+    "Address to listen on; anything but loopback needs --token-file."))]
+Port = Annotated[int, typer.Option("--port", min=0, max=65535, metavar="PORT", help="TCP port (0: any free one).")]
+ServeToken = Annotated[Optional[str], typer.Option(
+    "--token-file", metavar="FILE", help="Clients must prove they hold this token (one line; chmod 600).")]
+TlsCert = Annotated[Optional[str], typer.Option("--tls-cert", metavar="FILE", help="Serve over TLS with this certificate (PEM).")]
+TlsKey = Annotated[Optional[str], typer.Option("--tls-key", metavar="FILE", help="The certificate's private key (PEM).")]
+MaxClients = Annotated[int, typer.Option(
+    "--max-clients", min=1, metavar="N", help="Client runs served at once (each with a connection a worker).")]
+
+
+@app.command(epilog="Example: mirror serve /srv/data --bind 0.0.0.0 --token-file /etc/mirror/token; "
+             "then, elsewhere: mirror sync --token-file token mirror://server:8730/ /backup/data\n\n"
+             "Exit codes: 0 stopped by SIGINT or SIGTERM; 2 cannot start (bad ROOT, port in use, "
+             "no token for a network address).")
+def serve(root: Root, bind: Bind = "127.0.0.1", port: Port = 8730, token_file: ServeToken = None,
+          tls_cert: TlsCert = None, tls_key: TlsKey = None, max_clients: MaxClients = 16) -> None:
+    """Serve ROOT read-only over TCP to `mirror copy/sync/check mirror://HOST:PORT/PATH`.
+
+    Paths are confined to ROOT: symlinks are served as links, never followed. One log line
+    per client run on stderr.
+    """
+    from ..errors import Terminated
+    from ..remote import log_line, serve as run_server
+    try:
+        run_server(root, bind, port, token_file, tls_cert, tls_key, max_clients)
+    except MirrorError as error:
+        print(f"mirror: error: {error}", file=sys.stderr)
+        raise typer.Exit(error.exit_code)
+    except (KeyboardInterrupt, Terminated) as stop:
+        from ..errors import signal_number
+        log_line(f"stopped by signal {signal_number(stop)}")
+    raise typer.Exit(0)
 
 
 def main() -> None:

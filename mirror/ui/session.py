@@ -65,7 +65,8 @@ class Session:
     def work(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
         from .. import check_tree, copy_tree, sync_tree
         if self.log:
-            roots = f"{display(os.fsencode(src))} {display(os.fsencode(dst))}"
+            shown = src.path if hasattr(src, "path") else os.fsencode(src)  # a remote tree: its URL
+            roots = f"{display(shown)} {display(os.fsencode(dst))}"
             self.log.write(f"start: {mode.value} {roots}" + (" (dry run)" if options.dry_run else ""))
         self.start_progress()
         if self.view.verbose and not self.view.quiet and mode is not Mode.CHECK:

@@ -1,0 +1,164 @@
+"""One client connection to `mirror serve`: connect, prove the token, exchange frames."""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import NamedTuple
+
+from ..errors import MirrorError
+from . import DEFAULT_PORT, SCHEME, wire
+from .wire import Frame, ProtocolError
+
+CONNECT_S = 10.0
+REPLY_S = 120.0       # no byte from the server for this long: the connection is dead
+
+
+class Address(NamedTuple):
+    """Where a tree is served and how to get in; small and picklable (a worker connects itself)."""
+
+    host: str
+    port: int
+    path: bytes                  # below the served root; b"" for the root itself
+    token: bytes | None = None
+    tls_ca: str | None = None
+    session: bytes = b"\0" * wire.SESSION  # the same for every connection of one run
+
+    @property
+    def url(self) -> bytes:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{SCHEME}{host}:{self.port}/".encode() + self.path
+
+
+def parse_url(url: str) -> tuple[str, int, bytes]:
+    """(host, port, path) of mirror://HOST[:PORT]/PATH; MirrorError for anything else."""
+    rest = url[len(SCHEME):]
+    hostport, _, path = rest.partition("/")
+    if hostport.startswith("["):  # [IPv6]:port
+        host, _, port_text = hostport[1:].partition("]")
+        port_text = port_text[1:] if port_text.startswith(":") else port_text
+    else:
+        host, _, port_text = hostport.partition(":")
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORT
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise MirrorError(f"bad port in {url!r}") from None
+    if not host:
+        raise MirrorError(f"no host in {url!r}: write mirror://HOST:PORT/PATH")
+    parts = [part for part in os.fsencode(path).split(b"/") if part]
+    try:
+        for part in parts:
+            wire.check_name(part)
+    except ProtocolError:
+        raise MirrorError(f"bad path in {url!r}: no '.', '..' or NUL") from None
+    return host, port, b"/".join(parts)
+
+
+class Refused(OSError):
+    """The server answered and refused: a wrong token, too many clients, another version."""
+
+
+def lost(error: BaseException) -> OSError:
+    """A connection that failed, as the error of the entry that was being read."""
+    if isinstance(error, ProtocolError):
+        return OSError(errno.EPROTO, f"protocol error from the server: {error}")
+    if isinstance(error, socket.timeout):
+        return OSError(errno.ETIMEDOUT, "the server stopped answering")
+    if isinstance(error, OSError) and error.errno is not None:
+        return OSError(error.errno, f"connection to the server lost: {error.strerror}")
+    return OSError(errno.ECONNRESET, "connection to the server lost")
+
+
+class Connection:
+    """A connected, authenticated socket and the reads and writes of frames over it."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        try:
+            raw = socket.create_connection((address.host, address.port), timeout=CONNECT_S)
+        except OSError as error:
+            raise OSError(error.errno or errno.ECONNREFUSED,
+                          error.strerror or str(error)) from None
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock = raw
+            if address.tls_ca is not None:
+                from .credentials import client_tls
+                self.sock = client_tls(address.tls_ca).wrap_socket(raw, server_hostname=address.host)
+            self.stream = self.sock.makefile("rb", buffering=1 << 18)
+            self.greet()
+            self.sock.settimeout(REPLY_S)
+        except BaseException as error:
+            raw.close()
+            if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
+                raise
+            raise handshake_failed(error, address) from None
+
+    def greet(self) -> None:
+        nonce = os.urandom(wire.NONCE)
+        self.send(wire.pack_hello(self.address.session, nonce))
+        kind, payload = self.read(wire.MAX_REQUEST)
+        if kind is Frame.ERROR:
+            raise Refused(*wire.parse_error(payload))
+        if kind is not Frame.WELCOME or len(payload) != wire.WELCOME.size:
+            raise ProtocolError("no welcome")
+        magic, version, flags, server_nonce = wire.WELCOME.unpack(payload)
+        if magic != wire.MAGIC or version != wire.VERSION:
+            raise ProtocolError("not a mirror server of this version")
+        token = self.address.token
+        if flags & wire.AUTH_REQUIRED:
+            if token is None:
+                raise Refused(errno.EACCES, "the server wants a token: give --token-file")
+            self.send(wire.frame(Frame.AUTH, wire.proof(token, b"client", server_nonce, nonce)))
+        kind, payload = self.read(wire.MAX_REQUEST)
+        if kind is Frame.ERROR:
+            raise Refused(*wire.parse_error(payload))
+        if kind is not Frame.READY:
+            raise ProtocolError("not ready")
+        if flags & wire.AUTH_REQUIRED and not wire.check_proof(token, b"server", nonce, server_nonce, payload):
+            raise Refused(errno.EACCES, "the server could not prove it holds the token")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, bytes]:
+        header = self.stream.read(wire.HEADER.size)
+        if len(header) < wire.HEADER.size:
+            raise EOFError
+        kind, length = wire.parse_header(header, limit)
+        return kind, self.read_exact(length)
+
+    def read_header(self) -> tuple[Frame, int]:
+        header = self.stream.read(wire.HEADER.size)
+        if len(header) < wire.HEADER.size:
+            raise EOFError
+        return wire.parse_header(header, wire.MAX_REPLY)
+
+    def read_exact(self, count: int) -> bytes:
+        data = self.stream.read(count) if count else b""
+        if len(data) < count:
+            raise EOFError
+        return data
+
+    def read_into(self, view: memoryview) -> None:
+        while view:
+            count = self.stream.readinto(view)
+            if not count:
+                raise EOFError
+            view = view[count:]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def handshake_failed(error: BaseException, address: Address) -> OSError:
+    if isinstance(error, EOFError) or (isinstance(error, OSError) and error.errno in (
+            errno.ECONNRESET, None)):
+        hint = "" if address.tls_ca else " (if the server uses TLS, give --tls-ca)"
+        return OSError(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
+    return lost(error)

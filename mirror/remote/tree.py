@@ -1,0 +1,373 @@
+"""RemoteTree: a SourceTree served by `mirror serve`, read over one pipelined connection per process."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from ..model import Entry, Kind, SourceError
+from ..paths import join
+from ..plan.scan import entry_from_stat
+from . import wire
+from .connection import Address, Connection, lost
+from .wire import Frame, ProtocolError
+
+# Replies asked for ahead of use: at least one bandwidth-delay product per connection (1 Gbit/s
+# x 50 ms is 6 MB), counted in bytes, so that many small files cost no round trip each; the
+# requests themselves stay far below a socket's buffers, so neither end ever blocks on sending
+# while the other does too.
+WINDOW_BYTES = 16 << 20
+REQUEST_BYTES = 48 << 10
+REPLY_OVERHEAD = 128          # bytes of frames around a file's data
+DOWN_S = 2.0                  # after a failed connect, fail at once for this long
+FRESH_S = 60.0                # a connection idle this long is opened again before use
+_scratch = bytearray(wire.DATA_FRAME)
+
+
+class Pending:
+    """A request sent (or to send) whose reply is read in turn; replies come in request order."""
+
+    __slots__ = ("kind", "path", "size", "data", "listed")
+
+    def __init__(self, kind: Frame, path: bytes, size: int, data: bytes, listed: Entry | None = None):
+        self.kind, self.path, self.size, self.data, self.listed = kind, path, size, data, listed
+
+
+class RemoteFile:
+    """An opened remote file: its reply's data frames are read from `conn` by receive()."""
+
+    __slots__ = ("conn", "path", "request", "done", "same")
+
+    def __init__(self, conn: Connection, path: bytes, request: Pending | None) -> None:
+        self.conn, self.path, self.request = conn, path, request  # request: None on the side
+        self.done = self.same = False
+
+
+class RemoteTree:
+    """The tree at mirror://HOST:PORT/PATH. Picklable: each process opens its own connection
+    when it first reads (a forked copy never uses its parent's)."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.path = address.url.rstrip(b"/")
+        self.base = address.path
+        self.pid = -1
+        self.conn: Connection | None = None
+        self.side: Connection | None = None   # for the odd request out of turn
+        self.sent: deque[Pending] = deque()
+        self.unsent: deque[Pending] = deque()
+        self.ready: dict[tuple[Frame, bytes], object] = {}
+        self.in_flight = self.request_bytes = 0
+        self.down: tuple[OSError, float] | None = None
+        self.last_used = 0.0
+
+    def __reduce__(self):
+        return RemoteTree, (self.address,)
+
+    # -- SourceTree -----------------------------------------------------------------------
+
+    def root(self) -> Entry:
+        return entry_from_stat(b"", self.ask(Frame.ROOT, b""))
+
+    def list(self, rel: bytes) -> dict[bytes, wire.RemoteStat]:
+        return self.ask(Frame.LIST, rel)
+
+    def entry(self, rel: bytes, name: bytes, st: wire.RemoteStat) -> Entry | None:
+        return entry_from_stat(join(rel, name), st, st.target)
+
+    def digest(self, path: bytes) -> bytes:
+        return self.ask(Frame.DIGEST, path)
+
+    def open(self, path: bytes, listed: Entry | None) -> tuple[RemoteFile, Entry]:
+        conn = self.connection(path)
+        pending = self.find_read(path)
+        if pending is not None:
+            self.turn(pending, path)
+        elif self.sent or self.unsent:  # out of turn: the pipeline stays as it is
+            conn = self.side_connection(path)
+            try:
+                conn.send(self.read_request(path, listed).data)
+            except (OSError, ProtocolError, EOFError) as error:
+                raise self.side_broken(error, path) from None
+        else:
+            pending = self.read_request(path, listed)
+            self.send([pending])
+            self.sent.append(pending)
+            self.turn(pending, path)
+        try:
+            kind, payload = conn.read()
+            if kind is Frame.ERROR:
+                self.replied(pending)
+                raise SourceError(*wire.parse_error(payload), path)
+            if kind is not Frame.FILE:
+                raise ProtocolError(f"{kind.name} instead of a file")
+            st = wire.parse_one_stat(payload)
+        except (OSError, ProtocolError, EOFError) as error:
+            if isinstance(error, SourceError):
+                raise
+            raise (self.side_broken(error, path) if conn is self.side else self.broken(error, path)) from None
+        entry = entry_from_stat(path, st)
+        if entry.kind is not Kind.FILE:
+            raise self.broken(ProtocolError("not a regular file"), path)
+        return RemoteFile(conn, path, pending), listed if listed is not None else entry
+
+    def receive(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
+        """Write the file's data frames to `out`; at most `size` bytes (a server that sends more
+        breaks the protocol)."""
+        conn, received, view = handle.conn, 0, memoryview(_scratch)
+        while True:
+            try:
+                kind, length = conn.read_header()
+                if kind is Frame.DATA and received + length <= size:
+                    conn.read_into(view[:length])
+                elif kind is Frame.EOF:
+                    handle.same, sent = wire.parse_eof(conn.read_exact(length))
+                    if sent != received:
+                        raise ProtocolError("end of file does not match the data")
+                elif kind is Frame.ERROR:
+                    code, message = wire.parse_error(conn.read_exact(length))
+                else:
+                    raise ProtocolError("more data than the file has" if kind is Frame.DATA
+                                        else f"{kind.name} inside a file")
+            except (OSError, ProtocolError, EOFError) as error:
+                raise (self.side_broken(error, handle.path) if conn is self.side
+                       else self.broken(error, handle.path)) from None
+            if kind is Frame.DATA:
+                write_all(out, view[:length])
+                received += length
+                on_bytes(length)
+                continue
+            handle.done = True
+            self.replied(handle.request)
+            if kind is Frame.ERROR:
+                raise SourceError(code, message, handle.path)
+            return received
+
+    def copier(self, local):
+        return self.receive  # bytes come from the connection, not from a descriptor
+
+    def release(self, handle: RemoteFile) -> None:
+        """Done with a file: if its reply was not read to the end, that connection is out of
+        step and is closed (reopened when next needed)."""
+        if not handle.done:
+            if handle.conn is self.side:
+                self.side.close()
+                self.side = None
+            elif handle.conn is self.conn:
+                self.reset()
+
+    def is_regular(self, handle: RemoteFile) -> bool:
+        return True  # the server checks, and says so in the file's end
+
+    def unchanged(self, handle: RemoteFile, before: Entry) -> bool:
+        return handle.same
+
+    def prefetch(self, folders: Iterable[bytes] = (), files: Iterable[Entry] = ()) -> None:
+        """Ask now for what will be read next: the listings of `folders`, then `files`."""
+        if self.sent or self.unsent:
+            self.ready.clear()  # whatever an earlier task asked for and never read
+        try:
+            self.connection(b"")
+        except OSError:
+            return  # each read says why
+        batch = []
+        for rel in folders:
+            if (Frame.LIST, rel) not in self.ready:
+                batch.append(Pending(Frame.LIST, rel, 0, wire.pack_path_request(Frame.LIST, self.remote(rel))))
+        if batch:
+            self.send(batch)
+            self.sent.extend(batch)
+        self.unsent.extend(self.read_request(entry.path, entry) for entry in files)
+        self.fill()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            for conn in (self.conn, self.side):
+                if conn is not None:
+                    conn.close()
+        self.conn = self.side = None
+        self.forget()
+
+    # -- the pipeline ---------------------------------------------------------------------
+
+    def remote(self, rel: bytes) -> bytes:
+        return join(self.base, rel) if rel else self.base
+
+    def read_request(self, path: bytes, listed: Entry | None) -> Pending:
+        expect = (listed.size, listed.mtime_ns, listed.ctime_ns) if listed is not None else None
+        data = wire.pack_read(wire.Read(self.remote(path), 0, wire.NO_LIMIT, expect))
+        return Pending(Frame.READ, path, (listed.size if listed else 0) + REPLY_OVERHEAD, data, listed)
+
+    def connection(self, path: bytes) -> Connection:
+        if self.pid != os.getpid():  # a fork's copy: the parent's sockets are not ours
+            self.conn = self.side = None
+            self.forget()
+            self.pid = os.getpid()
+        now = time.monotonic()
+        if self.conn is not None and not self.sent and now - self.last_used > FRESH_S:
+            self.reset()  # the server may have closed it as idle
+        self.last_used = now
+        if self.conn is None:
+            self.conn = self.connect(path)
+        return self.conn
+
+    def connect(self, path: bytes) -> Connection:
+        if self.down is not None and time.monotonic() < self.down[1]:
+            error = self.down[0]
+            raise SourceError(error.errno, error.strerror, path)
+        try:
+            return Connection(self.address)
+        except OSError as error:
+            self.down = (error, time.monotonic() + DOWN_S)
+            raise SourceError(error.errno, error.strerror, path) from None
+
+    def side_connection(self, path: bytes) -> Connection:
+        if self.side is None:
+            self.side = self.connect(path)
+        return self.side
+
+    def forget(self) -> None:
+        self.sent.clear()
+        self.unsent.clear()
+        self.ready.clear()
+        self.in_flight = self.request_bytes = 0
+
+    def reset(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.forget()
+
+    def broken(self, error: BaseException, path: bytes) -> SourceError:
+        self.reset()
+        failure = lost(error)
+        return SourceError(failure.errno, failure.strerror, path)
+
+    def side_broken(self, error: BaseException, path: bytes) -> SourceError:
+        if self.side is not None:
+            self.side.close()
+        self.side = None
+        failure = lost(error)
+        return SourceError(failure.errno, failure.strerror, path)
+
+    def send(self, requests: list[Pending]) -> None:
+        for request in requests:
+            self.in_flight += request.size
+            self.request_bytes += len(request.data)
+        try:
+            self.conn.send(b"".join(request.data for request in requests))
+        except OSError as error:
+            raise self.broken(error, requests[0].path) from None
+
+    def fill(self) -> None:
+        """Send expected reads while the replies asked for are fewer than WINDOW_BYTES."""
+        batch = []
+        while self.unsent and (self.in_flight < WINDOW_BYTES or not self.sent) and (
+                self.request_bytes < REQUEST_BYTES):
+            request = self.unsent.popleft()
+            batch.append(request)
+            self.in_flight += request.size
+            self.request_bytes += len(request.data)
+        if batch:
+            self.in_flight -= sum(request.size for request in batch)
+            self.request_bytes -= sum(len(request.data) for request in batch)
+            self.send(batch)
+            self.sent.extend(batch)
+
+    def find_read(self, path: bytes) -> Pending | None:
+        for request in self.sent:
+            if request.kind is Frame.READ and request.path == path:
+                return request
+        while self.unsent:  # the reads before it were skipped
+            request = self.unsent.popleft()
+            if request.path == path:
+                self.send([request])
+                self.sent.append(request)
+                self.fill()
+                return request
+        return None
+
+    def replied(self, request: Pending | None) -> None:
+        if request is not None:
+            self.in_flight -= request.size
+            self.request_bytes -= len(request.data)
+            self.fill()
+
+    def turn(self, request: Pending, path: bytes) -> None:
+        """Read the replies before `request`'s (a listing is kept, a skipped file's data dropped)
+        and take `request` off the queue: its reply is next on the connection."""
+        try:
+            while self.sent[0] is not request:
+                ahead = self.sent.popleft()
+                if ahead.kind is Frame.READ:
+                    skip_file(self.conn)
+                else:
+                    self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead)
+                self.replied(ahead)
+        except (OSError, ProtocolError, EOFError) as error:
+            raise self.broken(error, path) from None
+        self.sent.popleft()
+
+    def ask(self, kind: Frame, rel: bytes):
+        """The reply to a ROOT, LIST or DIGEST request (asked ahead or now); OSError if refused."""
+        result = self.ready.pop((kind, rel), None)
+        if result is None:
+            conn = self.connection(rel)
+            request = next((pending for pending in self.sent
+                            if pending.kind is kind and pending.path == rel), None)
+            if request is None:
+                self.unsent.clear()  # a new folder: files expected and never opened were skipped
+                request = Pending(kind, rel, 0, wire.pack_path_request(kind, self.remote(rel)))
+                self.send([request])
+                self.sent.append(request)
+            self.turn(request, rel)
+            try:
+                result = read_reply(conn, request)
+            except (OSError, ProtocolError, EOFError) as error:
+                raise self.broken(error, rel) from None
+            self.replied(request)
+        if isinstance(result, OSError):
+            raise SourceError(result.errno, result.strerror, rel)
+        return result
+
+
+def read_reply(conn: Connection, request: Pending):
+    """A ROOT, LIST or DIGEST reply: its value, or the OSError the server answered with."""
+    kind, payload = conn.read()
+    if kind is Frame.ERROR:
+        return OSError(*wire.parse_error(payload))
+    if request.kind is Frame.LIST:
+        listing: dict[bytes, wire.RemoteStat] = {}
+        while kind is Frame.ENTRIES:
+            wire.parse_entries(payload, listing)
+            kind, payload = conn.read()
+        if kind is not Frame.END or payload:
+            raise ProtocolError("listing not ended")
+        return listing
+    if request.kind is Frame.ROOT and kind is Frame.ENTRY:
+        return wire.parse_one_stat(payload)
+    if request.kind is Frame.DIGEST and kind is Frame.HASH and len(payload) == 16:
+        return payload
+    raise ProtocolError(f"{kind.name} in reply to {request.kind.name}")
+
+
+def skip_file(conn: Connection) -> None:
+    """Read past a file's reply nobody asked for in the end."""
+    kind, _ = conn.read()
+    if kind is Frame.ERROR:
+        return
+    if kind is not Frame.FILE:
+        raise ProtocolError(f"{kind.name} instead of a file")
+    while True:
+        kind, _ = conn.read()
+        if kind is Frame.EOF or kind is Frame.ERROR:
+            return
+        if kind is not Frame.DATA:
+            raise ProtocolError(f"{kind.name} inside a file")
+
+
+def write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
