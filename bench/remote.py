@@ -123,7 +123,10 @@ class Service:
     def stop(self) -> str | None:
         """SIGTERM, then SIGKILL after 10 s; a sentence when it did not stop cleanly."""
         problems = []
-        if self.process.poll() is None:
+        if self.process.poll() is not None:
+            problems.append(f"{self.what} had exited before the end of the case "
+                            f"({self.gone()})")
+        else:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(10)
@@ -146,6 +149,12 @@ class Service:
             self.process.stdout.close()
         self.handle.close()
         return "; ".join(problems) or None
+
+    def gone(self) -> str | None:
+        """None while the process runs; else its exit code and last log line."""
+        if self.process.poll() is None:
+            return None
+        return f"exit code {self.process.returncode}; its last line: {self.tail()}"
 
     def tail(self, lines: int = 1) -> str:
         if not self.handle.closed:
@@ -370,12 +379,20 @@ class RemoteCase(Case):
             return Measurement(tool.label, rnd, 0.0, ok=False,
                                error=f"not run: {self.broken[tool.label]}")
         kind = "mirror" if tool.is_mirror else "rsync"
+        for service in (self.services[kind], self.services[tool.label]):
+            if service.gone():
+                self.broken[tool.label] = f"{service.what} is gone: {service.gone()}"
+                return Measurement(tool.label, rnd, 0.0, ok=False,
+                                   error=f"not run: {self.broken[tool.label]}")
         watched = {"server_cpu": self.services[kind],
                    "proxy_cpu": self.services[tool.label]}
         before = {key: service.cpu() for key, service in watched.items()}
         measurement = timed_run(tool, src, dst, rnd, self.timeout)
         measurement.extra = {key: round(service.cpu() - before[key], 3)
                              for key, service in watched.items()}
+        for service in watched.values():
+            if service.gone():
+                measurement.error += f" (meanwhile {service.what} exited: {service.gone()})"
         if measurement.error.startswith("timed out"):
             self.broken[tool.label] = f"timed out in round {rnd}"
         return measurement
