@@ -25,6 +25,11 @@ class Options:
     owner: bool | None = None           # keep owner and group; None: when running as root
     allow_empty_src: bool = False       # sync: an empty SRC may empty a non-empty DST
     delete_excluded: bool = False       # sync: excluded entries in DST are deleted too
+    sparse: bool = True                 # holes in SRC's files stay holes in DST
+    xattrs: bool = False                # keep extended attributes (-X)
+    acls: bool = False                  # keep POSIX ACLs (-A)
+    one_file_system: bool = False       # do not cross mount points inside SRC (-x)
+    strict: bool = False                # check: what cannot be copied (sockets) is a difference
 
     def __post_init__(self) -> None:
         if self.jobs == 0:

@@ -148,3 +148,14 @@ def test_copy_tree_takes_a_tree_as_source_and_refuses_one_that_is_not_a_folder(t
     with pytest.raises(MirrorError, match="memory: is not a folder"):
         copy_tree(FileTree({}), tmp_path / "dst")
     assert not (tmp_path / "dst").exists()
+
+
+def test_a_worker_that_cannot_be_built_ends_the_run_instead_of_being_restarted_for_ever(tmp_path):
+    import pytest
+
+    class BrokenTree(MemoryTree):
+        def copier(self, local):
+            raise RuntimeError("this tree cannot copy")
+
+    with pytest.raises(RuntimeError, match="this tree cannot copy"):
+        copy_tree(BrokenTree(SPEC), tmp_path / "dst", Options(jobs=2))

@@ -11,7 +11,9 @@ from ..model import Entry, Kind, SourceError
 from ..paths import join
 from ..plan.scan import entry_from_stat
 from . import wire
+from ..run.fastcopy import preallocate
 from .connection import Address, Connection, lost
+from .stripes import STRIPE_MIN, Helpers, abandon, finish, first_length, stripes
 from .wire import Frame, ProtocolError
 
 # Replies asked for ahead of use: at least one bandwidth-delay product per connection (1 Gbit/s
@@ -61,6 +63,7 @@ class RemoteTree:
         self.ready: dict[tuple[Frame, bytes], object] = {}
         self.in_flight = self.request_bytes = 0
         self.down: tuple[OSError, float] | None = None
+        self.helpers = Helpers(address)  # extra connections for big files
         self.last_used = 0.0
 
     def __reduce__(self):
@@ -115,7 +118,27 @@ class RemoteTree:
 
     def receive(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
         """Write the file's data frames to `out`; at most `size` bytes (a server that sends more
-        breaks the protocol)."""
+        breaks the protocol). A big file asked for ahead comes in stripes, the first one here."""
+        request, running = handle.request, []
+        if request is not None and request.listed is not None and size >= STRIPE_MIN:
+            parts = stripes(size)
+            size = parts[0][1]
+            preallocate(out, request.listed.size)
+            listed = request.listed
+            running = self.helpers.start(handle.path, self.remote(handle.path),
+                                         (listed.size, listed.mtime_ns, listed.ctime_ns), parts[1:], out)
+        try:
+            received = self.receive_stripe(handle, out, size, on_bytes)
+        except BaseException:
+            abandon(running)
+            raise
+        if running:
+            more, same = finish(running, on_bytes)
+            received += more
+            handle.same = handle.same and same
+        return received
+
+    def receive_stripe(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
         conn, received, view = handle.conn, 0, memoryview(_scratch)
         while True:
             try:
@@ -187,6 +210,7 @@ class RemoteTree:
             for conn in (self.conn, self.side):
                 if conn is not None:
                     conn.close()
+            self.helpers.close()
         self.conn = self.side = None
         self.forget()
 
@@ -197,12 +221,14 @@ class RemoteTree:
 
     def read_request(self, path: bytes, listed: Entry | None) -> Pending:
         expect = (listed.size, listed.mtime_ns, listed.ctime_ns) if listed is not None else None
-        data = wire.pack_read(wire.Read(self.remote(path), 0, wire.NO_LIMIT, expect))
+        length = first_length(listed.size) if listed is not None else wire.NO_LIMIT
+        data = wire.pack_read(wire.Read(self.remote(path), 0, length, expect))
         return Pending(Frame.READ, path, (listed.size if listed else 0) + REPLY_OVERHEAD, data, listed)
 
     def connection(self, path: bytes) -> Connection:
         if self.pid != os.getpid():  # a fork's copy: the parent's sockets are not ours
             self.conn = self.side = None
+            self.helpers = Helpers(self.address)
             self.forget()
             self.pid = os.getpid()
         now = time.monotonic()

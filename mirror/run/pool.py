@@ -317,6 +317,7 @@ class PoolProcess:
 
 
 _process: PoolProcess | None = None   # set by start_process, once in each Pool process
+_broken: Exception | None = None      # why it could not be set
 _stopping = False
 
 
@@ -329,10 +330,16 @@ def start_process(queue, spec: WorkerSpec, lock_fd: int, master: int, slots, slo
         slot = 2 * (slots_used.value % (len(slots) // 2))
         slots_used.value += 1
     slots[slot], slots[slot + 1] = os.getpid(), -1
-    _process = PoolProcess(queue, spec, slots, slot)
+    try:
+        _process = PoolProcess(queue, spec, slots, slot)
+    except Exception as error:  # a bug: a Pool would start us again and again, for ever
+        global _broken
+        _broken = error
 
 
 def run_task(task: Task) -> int:
+    if _process is None:
+        raise _broken  # the master surfaces it (raise_worker_bug) and the run ends
     return _process.run(task)
 
 

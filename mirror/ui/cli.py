@@ -50,6 +50,15 @@ TokenFile = Annotated[Optional[str], typer.Option(
     "--token-file", metavar="FILE", help="mirror:// SRC: the server's token (one line; chmod 600).")]
 TlsCa = Annotated[Optional[str], typer.Option(
     "--tls-ca", metavar="FILE", help="mirror:// SRC: connect with TLS, trusting the certificates in FILE.")]
+Sparse = Annotated[bool, typer.Option(
+    "--sparse/--no-sparse", help="Keep holes in sparse files as holes (--no-sparse writes every byte).")]
+Xattrs = Annotated[bool, typer.Option("--xattrs", "-X", help=(
+    "Keep extended attributes (user.*; trusted.* and security.* as root)."))]
+Acls = Annotated[bool, typer.Option("--acls", "-A", help="Keep POSIX ACLs (access and default).")]
+OneFileSystem = Annotated[bool, typer.Option("--one-file-system", "-x", help=(
+    "Do not cross mount points inside SRC: a mount point's folder is created, empty."))]
+Strict = Annotated[bool, typer.Option("--strict", help=(
+    "Count what sync cannot copy (sockets) as differences: exit 1 when SRC has any."))]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -66,15 +75,28 @@ class View:
     print0: bool = False
 
 
+@dataclass(frozen=True)
+class Keep:
+    """What a copy keeps beyond rsync -a's set (and how check compares it)."""
+
+    sparse: bool = True
+    xattrs: bool = False
+    acls: bool = False
+    one_file_system: bool = False
+    strict: bool = False
+
+
 def build_options(jobs: int | None, dry_run: bool, checksum: bool, exclude: list[str] | None,
                   include: list[str] | None, exclude_from: str | None, hard_links: bool,
                   retries: int = 0, max_delete: int | None = None,
-                  allow_empty_src: bool = False, delete_excluded: bool = False) -> Options:
+                  allow_empty_src: bool = False, delete_excluded: bool = False,
+                  keep: Keep = Keep()) -> Options:
     excludes = [*(exclude or ()), *(read_patterns(exclude_from) if exclude_from else ())]
     return Options(jobs=jobs or 0, dry_run=dry_run, checksum=checksum, excludes=tuple(excludes),
                    includes=tuple(include or ()), hard_links=hard_links, retries=retries,
                    max_delete=max_delete, allow_empty_src=allow_empty_src,
-                   delete_excluded=delete_excluded)
+                   delete_excluded=delete_excluded, sparse=keep.sparse, xattrs=keep.xattrs,
+                   acls=keep.acls, one_file_system=keep.one_file_system, strict=keep.strict)
 
 
 @app.command(epilog="Examples: mirror copy ~/photos /mnt/backup/photos; "
@@ -83,11 +105,14 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
          hard_links: HardLinks = False, retries: Retries = 2, quiet: Quiet = False,
          verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
-         log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+         log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None,
+         sparse: Sparse = True, xattrs: Xattrs = False, acls: Acls = False,
+         one_file_system: OneFileSystem = False) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
+    keep = Keep(sparse, xattrs, acls, one_file_system)
     execute(Mode.COPY, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries))
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, keep=keep))
 
 
 @app.command(epilog="Examples: mirror sync /srv/data /mnt/replica; "
@@ -99,7 +124,8 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          allow_empty_src: AllowEmptySrc = False, delete_excluded: DeleteExcluded = False,
          quiet: Quiet = False, verbose: Verbose = False,
          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
-         token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+         token_file: TokenFile = None, tls_ca: TlsCa = None, sparse: Sparse = True,
+         xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
     Deletes nothing when any entry failed to copy; a folder that a file, link or special
@@ -108,9 +134,10 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
     never empties a non-empty DST unless --allow-empty-src.
     """
     view = View(quiet, verbose, progress, json_summary, log_file)
+    keep = Keep(sparse, xattrs, acls, one_file_system)
     execute(Mode.SYNC, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
-        allow_empty_src, delete_excluded))
+        allow_empty_src, delete_excluded, keep))
 
 
 Print0 = Annotated[bool, typer.Option(
@@ -124,7 +151,9 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
           exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
           hard_links: HardLinks = False, quiet: Quiet = False,
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
-          print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+          print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None,
+          xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False,
+          strict: Strict = False) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)
@@ -133,7 +162,8 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
         if print0 and json_summary:  # both want stdout: NUL records would garble the JSON line
             raise MirrorError("--print0 and --json cannot be used together: the JSON lists the "
                               "differences too (difference_list)")
-        return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links)
+        return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links,
+                             keep=Keep(True, xattrs, acls, one_file_system, strict))
 
     execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options)
 

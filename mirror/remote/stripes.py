@@ -1,0 +1,176 @@
+"""Big remote files over several connections at once: one TCP stream cannot fill a long fat link.
+
+A stream carries at most its window per round trip (4 MiB at 50 ms is 80 MB/s, whatever the
+link); a big file is cut into stripes fetched over parallel connections, each written in place
+with pwrite. The worker's own connection fetches the first stripe in turn with the pipeline;
+the others go over extra connections the tree keeps for the next big file.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from ..model import SourceError
+from . import wire
+from .connection import Address, Connection, lost
+from .wire import Frame, ProtocolError
+
+STRIPE_MIN = 32 << 20    # smaller files: one stream
+STRIPES = 4              # streams for one file (a worker and three helpers)
+ALIGN = 1 << 20
+
+
+def stripes(size: int) -> list[tuple[int, int]]:
+    """(offset, length) of each stripe of a file of `size` bytes, the first one the worker's."""
+    if size < STRIPE_MIN:
+        return [(0, size)]
+    count = min(STRIPES, size // (STRIPE_MIN // 2))
+    step = -(-size // count // ALIGN) * ALIGN  # whole MiB: frames and pages line up
+    return [(offset, min(step, size - offset)) for offset in range(0, size, step)]
+
+
+def first_length(size: int) -> int:
+    return stripes(size)[0][1] if size >= STRIPE_MIN else wire.NO_LIMIT
+
+
+class WriteFailed(Exception):
+    """Writing to DST failed (not the connection): the error is DST's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class Helpers:
+    """The extra connections of one tree (one process), kept between big files."""
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+        self.idle: list[Connection] = []
+
+    def start(self, path: bytes, remote: bytes, expect: tuple[int, int, int], parts, out: int) -> list[Stripe]:
+        running = []
+        for offset, length in parts:
+            stripe = Stripe(self, path, wire.Read(remote, offset, length, expect), out)
+            stripe.thread.start()
+            running.append(stripe)
+        return running
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class Stripe:
+    """One stripe, fetched in a thread over a helper connection, written in place."""
+
+    def __init__(self, helpers: Helpers, path: bytes, request: wire.Read, out: int) -> None:
+        self.helpers, self.path, self.request, self.out = helpers, path, request, out
+        self.received = self.reported = 0
+        self.same = False
+        self.error: OSError | None = None
+        self.conn: Connection | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        try:
+            self.conn = self.helpers.idle.pop() if self.helpers.idle else Connection(self.helpers.address)
+            self.fetch()
+        except SourceError as error:
+            self.error = error
+        except (OSError, ProtocolError, EOFError, WriteFailed) as error:
+            if self.conn is not None:  # out of step: closed
+                self.conn.close()
+                self.conn = None
+            if isinstance(error, WriteFailed):
+                self.error = error.error  # DST's error, as a local copy reports it
+            else:
+                failure = lost(error)
+                self.error = SourceError(failure.errno, failure.strerror, self.path)
+
+    def fetch(self) -> None:
+        conn, request = self.conn, self.request
+        conn.send(wire.pack_read(request))
+        kind, payload = conn.read()
+        if kind is Frame.ERROR:
+            self.done()
+            raise SourceError(*wire.parse_error(payload), self.path)
+        if kind is not Frame.FILE:
+            raise ProtocolError(f"{kind.name} instead of a file")
+        buffer = memoryview(bytearray(wire.DATA_FRAME))
+        while True:
+            kind, length = conn.read_header()
+            if kind is Frame.DATA and self.received + length <= request.length and not self.stopped:
+                conn.read_into(buffer[:length])
+                try:
+                    write_at(self.out, buffer[:length], request.offset + self.received)
+                except OSError as error:
+                    raise WriteFailed(error) from None
+                self.received += length
+            elif kind is Frame.EOF:
+                self.same, sent = wire.parse_eof(conn.read_exact(length))
+                if sent != self.received:
+                    raise ProtocolError("end of file does not match the data")
+                self.done()
+                return
+            elif kind is Frame.ERROR:
+                code, message = wire.parse_error(conn.read_exact(length))
+                self.done()
+                raise SourceError(code, message, self.path)
+            else:
+                raise ProtocolError("stopped" if self.stopped else f"{kind.name} inside a file")
+
+    def done(self) -> None:
+        self.helpers.idle.append(self.conn)  # in step again: kept for the next file
+        self.conn = None
+
+    def new_bytes(self) -> int:
+        count = self.received - self.reported
+        self.reported += count
+        return count
+
+    def stop(self) -> None:
+        """Cut short: the thread ends at its next frame, or now if it waits on the socket."""
+        self.stopped = True
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.sock.shutdown(2)
+            except OSError:
+                pass
+
+
+def finish(running: list[Stripe], on_bytes) -> tuple[int, bool]:
+    """Wait for the helpers' stripes, passing their progress on; (bytes, all unchanged)."""
+    try:
+        for stripe in running:
+            while stripe.thread.is_alive():
+                stripe.thread.join(0.1)
+                for other in running:
+                    if count := other.new_bytes():
+                        on_bytes(count)
+        for stripe in running:
+            if count := stripe.new_bytes():
+                on_bytes(count)
+    except BaseException:
+        abandon(running)
+        raise
+    for stripe in running:
+        if stripe.error is not None:
+            raise stripe.error
+    return sum(stripe.received for stripe in running), all(stripe.same for stripe in running)
+
+
+def abandon(running: list[Stripe]) -> None:
+    for stripe in running:
+        stripe.stop()
+    for stripe in running:
+        stripe.thread.join(5)
+
+
+def write_at(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
