@@ -289,6 +289,7 @@ class RemoteCase(Case):
         return mirror_serve_missing() if tool.is_mirror else rsync_missing()
 
     def setup(self, tools: list[Tool]) -> None:
+        self.load_before = os.getloadavg()[0]
         copies = 1 + len(tools) * 6                # src, then 6 rounds' copies before trash
         size = self.spec.approx_bytes() * copies + 2**30
         self.fs = LoopFs(self.ctx.data, self.name, size, self.spec.files * copies * 2 + 10**4)
@@ -406,6 +407,10 @@ class RemoteCase(Case):
 
     def teardown(self, result: CaseResult) -> None:
         result.notes += getattr(self, "notes_setup", [])
+        if hasattr(self, "load_before"):
+            result.notes.append(f"load average (1 min) {self.load_before:.2f} at the case's "
+                                f"start, {os.getloadavg()[0]:.2f} at its end (2 CPUs: anything "
+                                f"else running skews these figures)")
         result.notes.append("time ratios are mirror time / rsync time (lower is better); "
                             "cpu s is the client's; servers' and proxies' CPU per run are "
                             "in results.json (extra)")
