@@ -28,9 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "MIRROR_CMD='...' replaces mirror's command line ({src} {dst} {jobs} {cmd} "
                     "are filled in, else SRC DST are appended).")
     parser.add_argument("--cases", default=",".join(CASE_NAMES),
-                        help=f"comma-separated, from {','.join(CASE_NAMES)} (default: all)")
+                        help=f"comma-separated, from {','.join(CASE_NAMES)} (default: all); a "
+                             f"part by its own name too, e.g. jobs-large, remote-files-capped")
     parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs"
+                        help="rounds per case (default 5; 3 for large, jobs-large, slowfs, remote"
                              "; 2 with --quick; 1 for memory)")
     parser.add_argument("--quick", action="store_true", help="trees ~10-50x smaller: a smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="do not read each source tree once before round 1")
     args = parser.parse_args(argv)
     args.cases = [name.strip() for name in args.cases.split(",") if name.strip()]
-    unknown = sorted(set(args.cases) - set(CASE_NAMES))
+    unknown = sorted(name for name in args.cases if name.split("-")[0] not in CASE_NAMES)
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASE_NAMES)}")
     if args.rounds is not None and args.rounds < 1:
@@ -91,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         for name in args.cases:
-            for case in registry[name]:
+            chosen = registry.get(name) or [case for case in registry[name.split("-")[0]]
+                                             if case.name == name]
+            if not chosen:
+                print(f"\nno case named {name}", flush=True)
+            for case in chosen:
                 rounds = args.rounds or (min(case.default_rounds, 2) if args.quick
                                          else case.default_rounds)
                 print(f"\n-- {case.name}: {case.description}, {rounds} rounds", flush=True)

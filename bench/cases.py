@@ -252,7 +252,8 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}"), key)
                  for key, spec in (("empty100k", few), ("empty1m", many))]
     lo, hi = (tool.label for tool, _key in mem_tools)
-    from .sparse import sparse_cases        # here: bench.sparse builds on Case from this module
+    from .remote import remote_cases        # here: bench.remote and bench.sparse build on Case
+    from .sparse import sparse_cases        # from this module
     return {
         "small": [Case(ctx, "small", f"first copy, {tree_text(small)}", "small",
                        [mirror, *anchors],
@@ -284,7 +285,8 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
                           [Target(hi, None, 200.0, f"{hi}: total peak PSS <= 200 MB"),
                            Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}")])],
         "sparse": sparse_cases(ctx),
+        "remote": remote_cases(ctx),
     }
 
 
-CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse")
+CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse", "remote")

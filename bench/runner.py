@@ -134,14 +134,15 @@ def start(tool: Tool, src: Path, dst: Path) -> subprocess.Popen[bytes]:
                             start_new_session=True)
 
 
-def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
-    """Wait up to TIMEOUT; (exit code, error text or "")."""
+def finish(process: subprocess.Popen[bytes], timeout: float | None = None) -> tuple[int, str]:
+    """Wait up to timeout (default TIMEOUT); (exit code, error text or "")."""
+    timeout = timeout or TIMEOUT
     try:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, 9)
         process.communicate()
-        return -9, f"timed out after {TIMEOUT:.0f} s (BENCH_TIMEOUT), killed"
+        return -9, f"timed out after {timeout:.0f} s (BENCH_TIMEOUT or the case's limit), killed"
     except BaseException:                      # Ctrl-C / SIGTERM: leave no copier behind
         os.killpg(process.pid, 9)
         process.wait()
@@ -152,12 +153,13 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
     return process.returncode, f"exit {process.returncode}: " + " | ".join(tail)[:300]
 
 
-def timed_run(tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
+def timed_run(tool: Tool, src: Path, dst: Path, rnd: int,
+              timeout: float | None = None) -> Measurement:
     """Run tool once (os.sync() first, untimed); wall time and children CPU time."""
     os.sync()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    code, error = finish(start(tool, src, dst))
+    code, error = finish(start(tool, src, dst), timeout)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

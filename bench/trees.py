@@ -47,6 +47,8 @@ def tree_specs(quick: bool) -> dict[str, TreeSpec]:
             "slowfs": TreeSpec("slowfs", 32, 2, 16 * KIB, 16 * KIB),
             "empty100k": TreeSpec("empty", 2_000, 2, 0, 0),
             "empty1m": TreeSpec("empty", 20_000, 20, 0, 0),
+            "remote-files": TreeSpec("rfiles", 500, 10, 4 * KIB, 64 * KIB),
+            "remote-big": TreeSpec("rbig", 2, 1, 16 * MIB, 16 * MIB),
         }
     return {
         "small": TreeSpec("small", 100_000, 1_000, 1 * KIB, 8 * KIB),
@@ -54,6 +56,8 @@ def tree_specs(quick: bool) -> dict[str, TreeSpec]:
         "slowfs": TreeSpec("slowfs", 1_000, 100, 16 * KIB, 16 * KIB),
         "empty100k": TreeSpec("empty", 100_000, 100, 0, 0),
         "empty1m": TreeSpec("empty", 1_000_000, 1_000, 0, 0),
+        "remote-files": TreeSpec("rfiles", 10_000, 100, 4 * KIB, 64 * KIB),
+        "remote-big": TreeSpec("rbig", 2, 1, 256 * MIB, 256 * MIB),
     }
 
 
