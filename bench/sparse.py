@@ -7,7 +7,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 from .cases import Case, Context

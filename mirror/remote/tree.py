@@ -1,7 +1,6 @@
 """RemoteTree: a SourceTree served by `mirror serve`, read over one pipelined connection per process."""
 from __future__ import annotations
 
-import errno
 import os
 import time
 from collections import deque
