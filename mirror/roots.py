@@ -89,13 +89,11 @@ def make_dst(dst_root: bytes) -> bool:
 
 def refuse_emptying(src: SourceTree, dst_root: bytes) -> None:
     """sync from an empty SRC (an unmounted disk, say) must not wipe a non-empty DST."""
-    try:
+    try:  # the tree stays open: the run reads it next (a remote one keeps its connection)
         if src.list(b""):
             return
     except OSError as error:
         raise MirrorError(f"source {_show(src.path)}: {error.strerror}") from None
-    finally:
-        src.close()
     try:
         with os.scandir(dst_root) as dst_items:
             if next(dst_items, None) is None:

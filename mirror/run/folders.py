@@ -69,14 +69,21 @@ def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Ou
                 finished: Callable[[Outcome], None]) -> FolderResult:
     findings = Findings()
     planner.src.prefetch(folders=[folder.src.path for folder in task.folders])
+    copies: list[Action] = []
     for folder in task.folders:
-        run_folder(folder, planner, apply, finished, findings)
+        run_folder(folder, planner, apply, finished, findings, copies)
+    if copies:  # after every march of the task: a remote SRC asks for them all at once, and
+        # its pipe does not run dry between two folders (one round trip each)
+        planner.src.prefetch(files=[action.src for action in copies])
+        for action in copies:
+            finished(apply(action))
     return findings.result()
 
 
 def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outcome],
-               finished: Callable[[Outcome], None], found: Findings) -> None:
-    """Create the folder if it needs it, march it, and do its small work at once."""
+               finished: Callable[[Outcome], None], found: Findings, copies: list[Action]) -> None:
+    """Create the folder if it needs it, march it, and do its small work at once; its small
+    files go to `copies`."""
     if folder.create is not None:
         outcome = apply(folder.create)
         finished(outcome)
@@ -84,7 +91,6 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             return  # its contents would all fail the same way
     subfolders: list[tuple[Entry, Entry | None]] = []
     creates: dict[bytes, Action] = {}
-    copies: list[Action] = []
     inline_copies = 0
     for item in planner.march_folder(folder.src, folder.dst, subfolders):
         if item is UNCHANGED_FILE:
@@ -112,8 +118,4 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             finished(apply(item))
         else:
             found.later.append(item)
-    if copies:  # after the march: a remote SRC asks for them all at once
-        planner.src.prefetch(files=[action.src for action in copies])
-        for action in copies:
-            finished(apply(action))
     found.subfolders.extend(Folder(src, dst, creates.get(src.path)) for src, dst in subfolders)

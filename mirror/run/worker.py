@@ -37,6 +37,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.applier = Applier(spec.src, spec.dst, spec.mode, spec.options, on_bytes=self.count_bytes)
         self.planner = Planner(spec.src, LocalTree(spec.dst), spec.mode, spec.options)
+        spec.src.prefetch()  # a remote tree connects now, while the master still starts up
         self.emit: Emit = lambda report: None
         self.task_id = -1
         self.unreported = 0
