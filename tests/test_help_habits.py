@@ -1,0 +1,121 @@
+"""Habits users bring from cp and rsync: a file as SRC, -a, --delete; --version, completion,
+help that says what each placeholder and each command is; --json for refused runs too."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from conftest import File, file_size_limit, run_mirror, snapshot, temp_files
+from mirror import InlineEngine, Options, copy_tree
+from mirror.events import Discovered, Finished
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# A file as SRC, as cp and rsync take it ---------------------------------------------------
+
+def test_a_file_as_src_goes_inside_an_existing_folder(make_tree, tmp_path):
+    src = make_tree({"big.iso": File(os.urandom(3 << 20), mode=0o640, mtime_ns=10**18)})
+    usb = make_tree({"other.txt": b"kept"})
+    os.chmod(usb, 0o700)
+    usb_before = os.stat(usb)
+
+    result = run_mirror("copy", src / "big.iso", f"{usb}/")
+
+    assert result.returncode == 0, result.stderr
+    assert "Copied 1 file" in result.stderr
+    assert snapshot(usb)[b"big.iso"] == snapshot(src)[b"big.iso"]  # bytes, mode, mtime
+    assert (usb / "other.txt").read_bytes() == b"kept"
+    usb_after = os.stat(usb)  # the folder is DST's own, not SRC's folder's copy
+    assert stat.S_IMODE(usb_after.st_mode) == 0o700 and usb_after.st_mtime_ns != 10**18
+    assert usb_after.st_mtime_ns >= usb_before.st_mtime_ns
+    assert temp_files(usb) == []
+
+
+def test_a_file_as_src_to_a_new_name_then_replaced_then_skipped(make_tree, tmp_path):
+    src = make_tree({"a.txt": b"first"})
+    dst = tmp_path / "b.txt"
+
+    assert run_mirror("copy", src / "a.txt", dst).returncode == 0
+    assert dst.read_bytes() == b"first"
+    inode = os.stat(dst).st_ino
+    (src / "a.txt").write_bytes(b"second version")
+    again = run_mirror("copy", src / "a.txt", dst, "--json")
+    unchanged = run_mirror("copy", src / "a.txt", dst, "--json")
+
+    assert again.returncode == 0 and dst.read_bytes() == b"second version"
+    assert os.stat(dst).st_ino != inode, "replaced by a rename, never rewritten in place"
+    assert last_json(again.stdout)["files_copied"] == 1
+    assert last_json(unchanged.stdout)["files_skipped"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["b.txt", "tree1"]
+
+
+def test_a_file_whose_destination_folder_is_missing_exits_2(make_tree, tmp_path):
+    src = make_tree({"a.txt": b"x"})
+
+    result = run_mirror("copy", src / "a.txt", tmp_path / "missing" / "a.txt")
+
+    assert result.returncode == 2
+    assert "destination's folder" in result.stderr and "No such file" in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_sync_of_a_file_copies_it_and_deletes_nothing(make_tree):
+    src = make_tree({"a.txt": b"new", "b.txt": b"not named"})
+    dst = make_tree({"a.txt": b"old", "c.txt": b"only in dst"})
+
+    result = run_mirror("sync", src / "a.txt", dst)
+
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(dst)) == ["a.txt", "c.txt"]
+    assert (dst / "a.txt").read_bytes() == b"new"
+
+
+def test_check_compares_one_file(make_tree):
+    src = make_tree({"a.txt": b"same", "b.txt": b"longer"})
+    dst = make_tree({"a.txt": b"same", "copy-of-b.txt": b"short"})
+    os.utime(dst / "a.txt", ns=(os.stat(src / "a.txt").st_mtime_ns,) * 2)
+
+    same = run_mirror("check", src / "a.txt", dst)
+    differs = run_mirror("check", src / "b.txt", dst / "copy-of-b.txt")
+    missing = run_mirror("check", src / "b.txt", dst)
+
+    assert same.returncode == 0 and same.stdout == "", same.stderr
+    assert differs.returncode == 1 and differs.stdout == "* copy-of-b.txt  (size differs)\n"
+    assert missing.returncode == 1 and missing.stdout == "+ b.txt\n"
+
+
+def test_dry_run_of_a_file_changes_nothing(make_tree, tmp_path):
+    src = make_tree({"a.txt": b"x"})
+
+    result = run_mirror("copy", "-n", "-v", src / "a.txt", tmp_path)
+
+    assert result.returncode == 0
+    assert "copy     a.txt  (missing)" in result.stdout
+    assert not (tmp_path / "a.txt").exists()
+
+
+def test_a_failed_file_keeps_the_old_version_and_leaves_no_temporary_file(make_tree, tmp_path):
+    src = make_tree({"big.bin": os.urandom(2 << 20)})
+    dst = make_tree({"big.bin": b"old version"})
+
+    with file_size_limit(1 << 20):
+        report = copy_tree(src / "big.bin", dst, Options(retries=0), engine=InlineEngine)
+
+    assert report.files_failed == 1 and report.exit_code == 1
+    assert (dst / "big.bin").read_bytes() == b"old version"
+    assert temp_files(dst) == []
+
+
+def test_the_library_takes_a_file_and_reports_its_progress(make_tree, tmp_path):
+    src = make_tree({"f.bin": os.urandom(100_000)})
+    events = []
+
+    report = copy_tree(src / "f.bin", tmp_path, on_event=events.append)
+
+    assert (report.files_copied, report.bytes_copied) == (1, 100_000)
+    assert Discovered(1, 100_000) in events
+    assert [event.path for event in events if isinstance(event, Finished)] == [b"f.bin"]
