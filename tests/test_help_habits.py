@@ -6,6 +6,8 @@ import json
 import os
 import stat
 
+import pytest
+
 from conftest import File, file_size_limit, run_mirror, snapshot, temp_files
 from mirror import InlineEngine, Options, copy_tree
 from mirror.events import Discovered, Finished
@@ -119,3 +121,60 @@ def test_the_library_takes_a_file_and_reports_its_progress(make_tree, tmp_path):
     assert (report.files_copied, report.bytes_copied) == (1, 100_000)
     assert Discovered(1, 100_000) in events
     assert [event.path for event in events if isinstance(event, Finished)] == [b"f.bin"]
+
+
+# Help that says what things are ------------------------------------------------------------
+
+def help_of(*command: str) -> str:
+    result = run_mirror(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("command", ["copy", "sync", "check", "serve"])
+def test_placeholders_say_what_they_are(command):
+    text = help_of(command)
+
+    assert "<" not in text, "no <str> or <int range>"
+    wanted = {"serve": ["--port PORT", "--max-clients N", "--token-file FILE"],
+              "sync": ["--jobs N", "--exclude PATTERN", "--include PATTERN", "--exclude-from FILE",
+                       "--log-file FILE", "--retries N", "--max-delete N"]}
+    for placeholder in wanted.get(command, ["--jobs N", "--exclude PATTERN", "--exclude-from FILE",
+                                            "--log-file FILE"]):
+        assert placeholder in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["copy", "-j", "abc"], "--jobs: 'abc' is not a whole number >= 1"),
+    (["check", "--jobs", "0"], "--jobs: '0' is not a whole number >= 1"),
+    (["sync", "--retries", "1.5"], "--retries: '1.5' is not a whole number >= 0"),
+    (["sync", "--max-delete", "-1"], "--max-delete: '-1' is not a whole number >= 0"),
+])
+def test_a_bad_number_says_what_is_wanted(make_tree, tmp_path, args, message):
+    src = make_tree({"a": b"1"})
+
+    result = run_mirror(*args, src, tmp_path / "dst")
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_check_help_describes_check():
+    text = " ".join(help_of("check").split())
+
+    assert "created when missing" not in text and "copied" not in text
+    assert "--dry-run" not in text
+    assert "SRC The folder, file or mirror://HOST:PORT/PATH to compare." in text
+    assert "read, never changed" in text
+
+
+def test_top_level_help_gives_each_command_whole():
+    text = " ".join(help_of().split())
+
+    assert "..." not in text.replace("COMMAND [ARGS]...", "")
+    for line in ("copy Copy new and changed entries of SRC into DST; never delete.",
+                 "sync Make DST identical to SRC: copy, then delete what SRC lacks.",
+                 "check Compare SRC and DST: list what sync would change; exit 1 if any.",
+                 "serve Serve a folder read-only to copy, sync and check on other hosts."):
+        assert line in text
