@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
+import mirror
 from conftest import File, file_size_limit, run_mirror, snapshot, temp_files
 from mirror import InlineEngine, Options, copy_tree
 from mirror.events import Discovered, Finished
@@ -121,6 +124,67 @@ def test_the_library_takes_a_file_and_reports_its_progress(make_tree, tmp_path):
     assert (report.files_copied, report.bytes_copied) == (1, 100_000)
     assert Discovered(1, 100_000) in events
     assert [event.path for event in events if isinstance(event, Finished)] == [b"f.bin"]
+
+
+# --version and shell completion ------------------------------------------------------------
+
+def test_version_names_mirror_python_and_the_core():
+    python = ".".join(map(str, sys.version_info[:3]))
+    for flag in ("--version", "-V"):
+        result = run_mirror(flag)
+
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"mirror {mirror.__version__} (Python {python}; core: Python)\n"
+    assert "-V, --version" in run_mirror("--help").stdout
+
+
+def completion(*args, home, **env) -> subprocess.CompletedProcess:
+    """mirror's completion options, with typer told the shell instead of guessing it from the
+    processes above, and a HOME of the test's own: nothing reaches the real shell files."""
+    return run_mirror(*args, env={**os.environ, "HOME": os.fsdecode(home),
+                                  "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1", **env})
+
+
+@pytest.mark.parametrize("shell, hook", [("bash", "complete -o default -F _mirror_completion mirror"),
+                                         ("zsh", "compdef _mirror_completion mirror")])
+def test_show_completion_prints_the_script_for_bash_and_zsh(tmp_path, shell, hook):
+    result = completion("--show-completion", shell, home=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "_mirror_completion()" in result.stdout and hook in result.stdout
+    assert f"_MIRROR_COMPLETE=complete_{shell}" in result.stdout
+    assert os.listdir(tmp_path) == []
+    offered = run_mirror("--help").stdout
+    assert "--install-completion" in offered and "--show-completion" in offered
+
+
+def test_bash_completes_commands_and_options(tmp_path):
+    script = completion("--show-completion", "bash", home=tmp_path).stdout
+    (tmp_path / "mirror.bash").write_text(script)
+    (tmp_path / "bin").mkdir()
+    command = tmp_path / "bin" / "mirror"  # `mirror` on PATH: this checkout's code
+    command.write_text(f'#!/bin/sh\nexec {sys.executable} -m mirror "$@"\n')
+    command.chmod(0o755)
+    ask = ('source "$1"; COMP_WORDS=($2); COMP_CWORD=$3; _mirror_completion mirror; '
+           'printf "%s\\n" "${COMPREPLY[@]}"')
+
+    def offered(words: str) -> list[str]:
+        result = subprocess.run(["bash", "-c", ask, "bash", tmp_path / "mirror.bash", words,
+                                 str(len(words.split()) - 1)], capture_output=True, text=True,
+                                env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"})
+        return sorted(result.stdout.split())
+
+    assert offered("mirror s") == ["serve", "sync"]
+    assert offered("mirror copy --ex") == ["--exclude", "--exclude-from"]
+
+
+def test_install_completion_writes_into_home_only(tmp_path):
+    result = completion("--install-completion", "bash", home=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    installed = tmp_path / ".bash_completions" / "mirror.sh"
+    assert f"source '{installed}'" in (tmp_path / ".bashrc").read_text()
+    assert "_mirror_completion" in installed.read_text()
 
 
 # Help that says what things are ------------------------------------------------------------

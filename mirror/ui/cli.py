@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import __version__
 from ..errors import Interrupted, MirrorError
 from ..model import Mode
 from ..options import Options, read_patterns
@@ -16,10 +17,31 @@ stopped deletions, or (check) the trees differ; 2 usage error or bad input, noth
 3 another mirror run holds the lock on DST; 129 hung up (SIGHUP: the terminal closed); 130
 interrupted (SIGINT); 143 terminated (SIGTERM)."""
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Copy, sync and check directory trees in parallel.\n\n" + EXIT_CODES)
+
+
+PROG = "mirror"  # also under `python -m mirror`: the name completion and usage lines give
+CORE = "Python"  # what copies the bytes and plans; a compiled core would say so here
+
+
+def version_line() -> str:
+    return f"{PROG} {__version__} (Python {'.'.join(map(str, sys.version_info[:3]))}; core: {CORE})"
+
+
+def show_version(wanted: bool) -> None:
+    if wanted:
+        print(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def options_of_mirror(version: Annotated[bool, typer.Option(
+        "--version", "-V", is_eager=True, callback=show_version,
+        help="Print mirror's version, Python's and the core's, and exit.")] = False) -> None:
+    pass
 
 
 def whole_number(option: str, least: int, most: int | None = None):
@@ -296,7 +318,7 @@ def main() -> None:
     try:
         from .session import guard_output
         guard_output()
-        app()
+        app(prog_name=PROG)
     except (KeyboardInterrupt, Terminated) as stop:  # while typer read the arguments
         from .session import stopped_early
         sys.exit(stopped_early(stop))
