@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import mirror
-from conftest import File, file_size_limit, run_mirror, snapshot, temp_files
+from conftest import File, Link, file_size_limit, run_mirror, snapshot, temp_files
 from mirror import InlineEngine, Options, copy_tree
 from mirror.events import Discovered, Finished
 
@@ -242,3 +242,33 @@ def test_top_level_help_gives_each_command_whole():
                  "check Compare SRC and DST: list what sync would change; exit 1 if any.",
                  "serve Serve a folder read-only to copy, sync and check on other hosts."):
         assert line in text
+
+
+# rsync's habits ----------------------------------------------------------------------------
+
+def test_archive_is_accepted_and_changes_nothing(make_tree, tmp_path):
+    src = make_tree({"a/b.txt": File(b"hi", mode=0o600, mtime_ns=10**18), "link": Link("a/b.txt")})
+
+    plain = run_mirror("copy", src, tmp_path / "plain")
+    archive = run_mirror("copy", "-a", src, tmp_path / "archive")
+    sync = run_mirror("sync", "--archive", src, tmp_path / "archive")
+    check = run_mirror("check", "-a", src, tmp_path / "archive")
+
+    assert [plain.returncode, archive.returncode, sync.returncode, check.returncode] == [0, 0, 0, 0]
+    assert snapshot(tmp_path / "archive") == snapshot(tmp_path / "plain") == snapshot(src)
+    for command in ("copy", "sync"):
+        assert "always keeps what rsync -a keeps" in " ".join(help_of(command).split())
+
+
+def test_sync_delete_is_accepted_with_a_note_that_sync_always_deletes(make_tree):
+    src = make_tree({"a": b"1"})
+    dst = make_tree({"a": b"1", "extra": b"x"})
+
+    result = run_mirror("sync", "--delete", src, dst)
+    quiet = run_mirror("sync", "--delete", "-q", src, dst)
+
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if "--delete" in line]
+    assert notes == ["mirror: note: sync always deletes what SRC does not have; --delete changes nothing"]
+    assert os.listdir(dst) == ["a"]
+    assert quiet.returncode == 0 and quiet.stderr == ""

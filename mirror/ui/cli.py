@@ -119,6 +119,13 @@ CompareHardLinks = Annotated[bool, typer.Option("--hard-links", "-H", help=(
     "Compare hard-link groups too (what copy -H keeps)."))]
 CheckOneFileSystem = Annotated[bool, typer.Option("--one-file-system", "-x", help=(
     "Do not cross mount points inside SRC (what copy -x copies)."))]
+Archive = Annotated[bool, typer.Option("--archive", "-a", help=(
+    "Accepted for rsync's habit; changes nothing: mirror always keeps what rsync -a keeps "
+    "(permissions, times, symlinks; owners and device files as root)."))]
+CheckArchive = Annotated[bool, typer.Option("--archive", "-a", help=(
+    "Accepted for rsync's habit; changes nothing: check always compares what rsync -a keeps."))]
+AlwaysDeletes = Annotated[bool, typer.Option("--delete", help=(
+    "Accepted for rsync's habit; changes nothing: sync always deletes what SRC does not have."))]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", metavar="N", parser=whole_number("--max-delete", 0),
     help="If more than N entries would be deleted, delete none (exit 1).")]
@@ -169,7 +176,7 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
          log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None,
          sparse: Sparse = True, xattrs: Xattrs = False, acls: Acls = False,
-         one_file_system: OneFileSystem = False) -> None:
+         one_file_system: OneFileSystem = False, archive: Archive = False) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
     keep = Keep(sparse, xattrs, acls, one_file_system)
@@ -188,7 +195,8 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          quiet: Quiet = False, verbose: Verbose = False,
          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
          token_file: TokenFile = None, tls_ca: TlsCa = None, sparse: Sparse = True,
-         xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False) -> None:
+         xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False,
+         archive: Archive = False, delete: AlwaysDeletes = False) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
     Deletes nothing when any entry failed to copy; a folder that a file, link or special
@@ -197,6 +205,9 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
     never empties a non-empty DST unless --allow-empty-src. A file as SRC is copied as by
     copy: nothing is deleted.
     """
+    if delete and not quiet:  # rsync needs it; mirror's sync is rsync --delete already
+        print("mirror: note: sync always deletes what SRC does not have; --delete changes nothing",
+              file=sys.stderr)
     view = View(quiet, verbose, progress, json_summary, log_file)
     keep = Keep(sparse, xattrs, acls, one_file_system)
     execute(Mode.SYNC, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
@@ -218,7 +229,8 @@ def check(src: CheckSrc, dst: CheckDst, jobs: Jobs = None, checksum: Checksum = 
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
           print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None,
           xattrs: CompareXattrs = False, acls: CompareAcls = False,
-          one_file_system: CheckOneFileSystem = False, strict: Strict = False) -> None:
+          one_file_system: CheckOneFileSystem = False, strict: Strict = False,
+          archive: CheckArchive = False) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)
