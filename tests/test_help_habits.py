@@ -2,6 +2,7 @@
 help that says what each placeholder and each command is; --json for refused runs too."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -272,3 +273,32 @@ def test_sync_delete_is_accepted_with_a_note_that_sync_always_deletes(make_tree)
     assert notes == ["mirror: note: sync always deletes what SRC does not have; --delete changes nothing"]
     assert os.listdir(dst) == ["a"]
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+# --json for refused runs -------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, code, error", [
+    ("missing source", 2, "No such file or directory"),
+    ("bad option", 2, "--jobs: 'abc' is not a whole number >= 1"),
+    ("lock held", 3, "another mirror run is using"),
+])
+def test_refused_runs_print_their_json_too(make_tree, tmp_path, case, code, error):
+    src = make_tree({"a": b"1"})
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    args = {"missing source": ["sync", tmp_path / "missing", dst],
+            "bad option": ["sync", "-j", "abc", src, dst],
+            "lock held": ["sync", src, dst]}[case]
+    lock = os.open(dst, os.O_RDONLY)
+    if case == "lock held":
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        result = run_mirror(*args, "--json")
+    finally:
+        os.close(lock)
+
+    assert result.returncode == code
+    summary = last_json(result.stdout)
+    assert summary["exit_code"] == code and error in summary["error"]
+    assert summary["files_copied"] == 0 and summary["mode"] == "sync"
+    assert len(result.stdout.splitlines()) == 1

@@ -278,10 +278,22 @@ def execute(mode: Mode, src: Source, dst: str, view: View, make_options) -> None
     except MirrorError as error:
         print(f"mirror: error: {error}", file=sys.stderr)
         code = error.exit_code
+        if view.json and not view.print0:  # with -0, stdout's reader wants NUL records
+            print(refusal_json(mode, code, str(error)))
     except (KeyboardInterrupt, Terminated) as stop:  # before the session could take it
         from .session import stopped_early
         code = stopped_early(stop, mode, view)
     raise typer.Exit(code)
+
+
+def refusal_json(mode: Mode, code: int, error: str) -> str:
+    """--json of a run refused before it began (exit 2 or 3): the summary's keys, nothing done
+    (no worker ran), and `error` saying why; scripts read one format."""
+    import json
+    from ..report import Report
+    summary = Report(mode, 0, False).to_dict()
+    summary.update(exit_code=code, error=error)
+    return json.dumps(summary)
 
 
 Root = Annotated[str, typer.Argument(metavar="ROOT", show_default=False, help="The folder to serve.")]
@@ -330,7 +342,20 @@ def main() -> None:
     try:
         from .session import guard_output
         guard_output()
-        app(prog_name=PROG)
+        try:
+            code = app(prog_name=PROG, standalone_mode=False)
+        except USAGE_ERRORS as error:  # bad arguments: what typer would print, and --json
+            error.show()
+            code = error.exit_code
+            from .session import read_view
+            mode, view = read_view(sys.argv[1:])
+            if view.json and not {"-0", "--print0"} & set(sys.argv):
+                print(refusal_json(mode, code, error.format_message()))
     except (KeyboardInterrupt, Terminated) as stop:  # while typer read the arguments
         from .session import stopped_early
         sys.exit(stopped_early(stop))
+    sys.exit(code or 0)
+
+
+# click's ClickException, from whichever click this typer brings (its own copy since 0.2x)
+USAGE_ERRORS = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
