@@ -59,6 +59,19 @@ def test_a_file_as_src_to_a_new_name_then_replaced_then_skipped(make_tree, tmp_p
     assert sorted(os.listdir(tmp_path)) == ["b.txt", "tree1"]
 
 
+def test_a_link_named_as_src_is_followed_and_a_link_as_dst_is_replaced(make_tree, tmp_path):
+    src = make_tree({"real.txt": b"content", "named": Link("real.txt")})
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not mirror's")
+    dst = make_tree({"pointer": Link(outside)})
+
+    result = run_mirror("copy", src / "named", dst / "pointer")
+
+    assert result.returncode == 0, result.stderr
+    assert not (dst / "pointer").is_symlink() and (dst / "pointer").read_bytes() == b"content"
+    assert outside.read_bytes() == b"not mirror's", "never written through DST's link"
+
+
 def test_a_file_whose_destination_folder_is_missing_exits_2(make_tree, tmp_path):
     src = make_tree({"a.txt": b"x"})
 
