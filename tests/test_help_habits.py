@@ -286,6 +286,7 @@ def test_sync_delete_is_accepted_with_a_note_that_sync_always_deletes(make_tree)
     assert notes == ["mirror: note: sync always deletes what SRC does not have; --delete changes nothing"]
     assert os.listdir(dst) == ["a"]
     assert quiet.returncode == 0 and quiet.stderr == ""
+    assert run_mirror("copy", "--delete", src, dst).returncode == 2, "copy never deletes"
 
 
 # --json for refused runs -------------------------------------------------------------------
