@@ -12,12 +12,13 @@ from .options import Options
 from .plan.filters import Filter
 from .plan.tree import SourceTree
 from .report import Report
-from .roots import check_roots, make_dst, refuse_emptying
+from .roots import FilePair, check_file_roots, check_roots, make_dst, refuse_emptying
 from .run.engine import EngineFactory
 from .run.pool import PoolEngine
 from .run.worker import WorkerSpec
 from .run.lock import lock_dst, unlock
 from .run.runner import OnEvent, Runner
+from .run.single import FileRunner, OneFile
 from .xattrs import scope_of, supported
 
 
@@ -27,6 +28,9 @@ Source = Union[str, bytes, os.PathLike, SourceTree]
 
 def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: OnEvent | None,
          engine: EngineFactory) -> Report:
+    pair = check_file_roots(src, dst)
+    if pair is not None:
+        return _run_file(pair, mode, options, on_event, engine)
     src_tree, dst_root = check_roots(src, dst, mode)
     Filter(options.excludes, options.includes)  # a bad pattern stops the run before DST is made
     if (options.xattrs or options.acls) and getattr(src_tree, "xattrs", None) is None:
@@ -53,6 +57,30 @@ def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: 
             unlock(lock_fd)
 
 
+def _run_file(pair: FilePair, mode: Mode, options: Options, on_event: OnEvent | None,
+              engine: EngineFactory) -> Report:
+    """SRC is one file (cp's rules put it in DST's folder): copied like a file of a tree, by one
+    worker. sync copies it too and deletes nothing: DST's other entries are not SRC's."""
+    Filter(options.excludes, options.includes)  # refused as for a tree; a named file is not filtered
+    options = replace(options, jobs=1, hard_links=False)
+    src_tree = OneFile(pair.src_dir, pair.src_name, pair.dst_name)
+    dst_root = pair.dst_dir
+    if mode is Mode.CHECK:
+        lock_fd = -1
+    else:
+        if not options.dry_run:
+            make_dst(dst_root)  # it exists: this checks it can be written
+        lock_fd = lock_dst(dst_root)  # one run per folder: a tree run there removes our temp files
+    try:
+        options, notices = kept_by_dst(dst_root, mode, options)
+        work = Mode.COPY if mode is Mode.SYNC else mode
+        running = engine(WorkerSpec(src_tree, dst_root, work, options), lock_fd)
+        return FileRunner(src_tree, dst_root, mode, options, running, on_event, notices).run()
+    finally:
+        if lock_fd >= 0:
+            unlock(lock_fd)
+
+
 def kept_by_dst(dst_root: bytes, mode: Mode, options: Options) -> tuple[Options, tuple[Problem, ...]]:
     """-X, -A into a filesystem that cannot keep them (tmpfs without user xattrs, vfat): one
     warning for the run, and the option dropped, instead of an error for every entry."""
@@ -72,6 +100,7 @@ def kept_by_dst(dst_root: bytes, mode: Mode, options: Options) -> tuple[Options,
 def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,
               on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
     """Copy new and changed entries of SRC's contents into DST; never delete anything.
+    A file as SRC is copied into DST when DST is a folder, as DST otherwise (as cp does).
 
     `engine` makes the engine that runs the work: the Pool of processes by default,
     mirror.InlineEngine to run it in this process."""
@@ -80,11 +109,13 @@ def copy_tree(src: Source, dst: str | bytes, options: Options | None = None,
 
 def sync_tree(src: Source, dst: str | bytes, options: Options | None = None,
               on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
-    """Make DST identical to SRC: copy, then delete what SRC does not have."""
+    """Make DST identical to SRC: copy, then delete what SRC does not have (a file as SRC:
+    as copy_tree, deleting nothing)."""
     return _run(src, dst, Mode.SYNC, options or Options(), on_event, engine)
 
 
 def check_tree(src: Source, dst: str | bytes, options: Options | None = None,
                on_event: OnEvent | None = None, engine: EngineFactory = PoolEngine) -> Report:
-    """Compare SRC and DST in parallel; report.differences lists what sync would change."""
+    """Compare SRC and DST in parallel; report.differences lists what sync would change (a
+    file as SRC: compared with DST, or with DST/NAME when DST is a folder)."""
     return _run(src, dst, Mode.CHECK, options or Options(), on_event, engine)

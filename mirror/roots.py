@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import NamedTuple
 
 from .errors import MirrorError
 from .model import Kind, Mode, display
@@ -46,6 +47,64 @@ def check_roots(src: str | bytes | SourceTree, dst: str | bytes, mode: Mode) -> 
     if src_root is not None:
         refuse_overlap(src_root, dst_root, mode)
     return tree, dst_root
+
+
+class FilePair(NamedTuple):
+    """A single-file SRC and where it goes: the folders that hold them and their names."""
+
+    src_dir: bytes
+    src_name: bytes
+    dst_dir: bytes
+    dst_name: bytes
+
+
+def check_file_roots(src: str | bytes | SourceTree, dst: str | bytes) -> FilePair | None:
+    """None unless SRC is a local regular file; then where it goes, by cp's rules (DST an
+    existing folder: DST/NAME; anything else: DST itself, in a folder that must exist), or
+    MirrorError saying why the pair is refused."""
+    if not isinstance(src, (str, bytes, os.PathLike)) or not src:
+        return None
+    path = os.path.abspath(os.fsencode(src))
+    try:
+        src_st = os.stat(path)
+    except OSError:
+        return None  # check_roots says why
+    if not stat.S_ISREG(src_st.st_mode):
+        return None
+    if not os.access(path, os.R_OK):
+        raise MirrorError(f"source {_show(path)}: permission denied")
+    src_dir, src_name = os.path.split(os.path.realpath(path))  # a link SRC names: followed
+    if not dst:
+        raise MirrorError("empty destination argument")
+    dst_path = os.path.abspath(os.fsencode(dst))
+    try:
+        into = stat.S_ISDIR(os.stat(dst_path).st_mode)
+    except FileNotFoundError:
+        into = False  # missing, or a dangling link: replaced by the file
+    except OSError as error:
+        raise MirrorError(f"destination {_show(dst_path)}: {error.strerror}") from None
+    if into:
+        dst_dir, dst_name = dst_path, src_name
+    elif os.fsencode(dst).endswith(b"/"):  # names a folder, as cp reads it
+        missing = "does not exist" if not os.path.lexists(dst_path) else "is not a folder"
+        raise MirrorError(f"destination folder {_show(dst_path)} {missing}")
+    else:
+        dst_dir, dst_name = os.path.split(dst_path)
+        try:
+            folder = stat.S_ISDIR(os.stat(dst_dir).st_mode)
+        except OSError as error:
+            raise MirrorError(f"destination's folder {_show(dst_dir)}: {error.strerror}") from None
+        if not folder:
+            raise MirrorError(f"destination's folder {_show(dst_dir)} is not a folder")
+    try:
+        dst_st = os.stat(os.path.join(dst_dir, dst_name), follow_symlinks=False)
+    except FileNotFoundError:
+        dst_st = None
+    except OSError as error:
+        raise MirrorError(f"destination {_show(dst_path)}: {error.strerror}") from None
+    if dst_st is not None and (dst_st.st_dev, dst_st.st_ino) == (src_st.st_dev, src_st.st_ino):
+        raise MirrorError("source and destination are the same file")
+    return FilePair(src_dir, src_name, dst_dir, dst_name)
 
 
 def check_src(src_root: bytes) -> bytes:

@@ -105,7 +105,7 @@ def test_exclude_from_file(cli, make_tree, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["copy", "{missing}", "{dst}"], "No such file"),
-    (["copy", "{file}", "{dst}"], "is not a folder"),
+    (["copy", "{file}", "{missing}/file"], "No such file"),
     (["copy", "{src}", "{file}"], "is not a folder"),
     (["copy", "{src}", "{src}"], "same folder"),
     (["sync", "{src}", "{src}/inner"], "inside the source"),

@@ -102,7 +102,7 @@ class Runner:
         return self.report
 
     def copy_phase(self) -> None:
-        self.folders.append(Folder(*self.planner.tops(), None))
+        self.start()
         self.drain()
         for attempt in range(1, self.options.retries + 1):
             if not self.retry:
@@ -112,6 +112,10 @@ class Runner:
             actions, self.retry = self.retry, []
             self.add_to_batches(actions)
             self.drain()
+
+    def start(self) -> None:
+        """The first work: the walk from the roots (a one-file run starts from its action)."""
+        self.folders.append(Folder(*self.planner.tops(), None))
 
     def drain(self) -> None:
         """Hand out folders and batches until every task, and every one they led to, is done."""
