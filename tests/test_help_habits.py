@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -316,3 +317,22 @@ def test_refused_runs_print_their_json_too(make_tree, tmp_path, case, code, erro
     assert summary["exit_code"] == code and error in summary["error"]
     assert summary["files_copied"] == 0 and summary["mode"] == "sync"
     assert len(result.stdout.splitlines()) == 1
+
+
+def test_zsh_completes_commands_and_the_script_parses(tmp_path):
+    """What zsh's completion function asks mirror for (typer's protocol), and the script read
+    by zsh itself when it is installed (CI installs it)."""
+    asked = run_mirror(env={**os.environ, "_MIRROR_COMPLETE": "complete_zsh",
+                            "_TYPER_COMPLETE_ARGS": "mirror copy --ex"})
+    commands = run_mirror(env={**os.environ, "_MIRROR_COMPLETE": "complete_zsh",
+                               "_TYPER_COMPLETE_ARGS": "mirror s"})
+
+    assert '"--exclude"' in asked.stdout and '"--exclude-from"' in asked.stdout
+    assert '"serve"' in commands.stdout and '"sync"' in commands.stdout and '"copy"' not in commands.stdout
+    zsh = shutil.which("zsh")
+    if zsh is None:
+        pytest.skip("zsh is not installed (apt-get install -y zsh): its parse of the script not checked")
+    script = tmp_path / "mirror.zsh"
+    script.write_text(completion("--show-completion", "zsh", home=tmp_path).stdout)
+    parsed = subprocess.run([zsh, "-n", script], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
