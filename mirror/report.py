@@ -75,6 +75,7 @@ class Report:
     dst_full: bool = False            # an ENOSPC, EDQUOT or EROFS was met in DST
     unwritten: int = 0                # entries failed after it: one line in errors says so
     unwritten_at: int = 0             # where
+    workers_used: int | None = None   # distinct workers that ran a task (None: not counted)
 
     @property
     def exit_code(self) -> int:
@@ -167,6 +168,7 @@ class Report:
             "deletions_skipped": self.deletions_skipped,
             "elapsed_s": round(self.elapsed_s, 3),
             "jobs": self.jobs,
+            "workers_used": self.workers_used,
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,
