@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
-from .model import Mode
+from .model import EngineChoice, Mode
 from .options import Options
 from .plan.filters import Filter
 from .plan.tree import SourceTree
@@ -19,6 +19,18 @@ from .run.runner import OnEvent, Runner
 
 # SRC: a folder's path, or any SourceTree (a remote one, a test's tree in memory).
 Source = Union[str, bytes, os.PathLike, SourceTree]
+
+
+def engine_for(choice: EngineChoice) -> EngineFactory:
+    """The engine --engine names; MirrorError (before anything is written) for MPI outside an
+    MPI job of two ranks or more, or for a job started without mpi4py.futures."""
+    if choice is EngineChoice.POOL:
+        return PoolEngine
+    from .run import mpi  # imports no mpi4py: only the engine does, when it starts
+    if choice is EngineChoice.MPI:
+        mpi.require_job()
+        return mpi.MPIEngine
+    return mpi.MPIEngine if mpi.job_size() > 1 else PoolEngine
 
 
 def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: OnEvent | None,

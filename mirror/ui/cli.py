@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import Interrupted, MirrorError
-from ..model import Mode
+from ..model import EngineChoice, Mode
 from ..options import Options, read_patterns
 
 EXIT_CODES = """Exit codes: 0 success (check: identical); 1 partial: some entries failed, --max-delete
@@ -50,6 +50,10 @@ TokenFile = Annotated[Optional[str], typer.Option(
     "--token-file", metavar="FILE", help="mirror:// SRC: the server's token (one line; chmod 600).")]
 TlsCa = Annotated[Optional[str], typer.Option(
     "--tls-ca", metavar="FILE", help="mirror:// SRC: connect with TLS, trusting the certificates in FILE.")]
+Engine = Annotated[EngineChoice, typer.Option(
+    "--engine", help="pool: worker processes on this machine (--jobs); mpi: the other ranks of an "
+    "MPI job, launched as mpiexec -n N python -m mpi4py.futures -m mirror ... (--jobs is unused); "
+    "auto: mpi in such a job, else pool.")]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", min=0, help="If more than N entries would be deleted, delete none (exit 1).")]
 
@@ -83,11 +87,12 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
          hard_links: HardLinks = False, retries: Retries = 2, quiet: Quiet = False,
          verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
-         log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+         log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None,
+         engine: Engine = EngineChoice.AUTO) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
     execute(Mode.COPY, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries))
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries), engine)
 
 
 @app.command(epilog="Examples: mirror sync /srv/data /mnt/replica; "
@@ -99,7 +104,7 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          allow_empty_src: AllowEmptySrc = False, delete_excluded: DeleteExcluded = False,
          quiet: Quiet = False, verbose: Verbose = False,
          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
-         token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+         token_file: TokenFile = None, tls_ca: TlsCa = None, engine: Engine = EngineChoice.AUTO) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
     Deletes nothing when any entry failed to copy; a folder that a file, link or special
@@ -110,7 +115,7 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
     view = View(quiet, verbose, progress, json_summary, log_file)
     execute(Mode.SYNC, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
-        allow_empty_src, delete_excluded))
+        allow_empty_src, delete_excluded), engine)
 
 
 Print0 = Annotated[bool, typer.Option(
@@ -124,7 +129,8 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
           exclude: Exclude = None, include: Include = None, exclude_from: ExcludeFrom = None,
           hard_links: HardLinks = False, quiet: Quiet = False,
           progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
-          print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None) -> None:
+          print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None,
+          engine: Engine = EngineChoice.AUTO) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)
@@ -135,7 +141,7 @@ def check(src: Src, dst: Dst, jobs: Jobs = None, checksum: Checksum = False,
                               "differences too (difference_list)")
         return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links)
 
-    execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options)
+    execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options, engine)
 
 
 @dataclass(frozen=True)
@@ -157,14 +163,17 @@ class Source:
         return self.path
 
 
-def execute(mode: Mode, src: Source, dst: str, view: View, make_options) -> None:
+def execute(mode: Mode, src: Source, dst: str, view: View, make_options,
+            engine: EngineChoice = EngineChoice.AUTO) -> None:
     """Run one command and leave with its exit code; no traceback for anything a user did."""
     from ..errors import Terminated
     try:
+        from .. import engine_for
         from .session import Session
         with Session(view) as session:
             options = make_options()
-            report = session.run(mode, src.open(dst), dst, options)
+            factory = engine_for(engine)  # refused MPI: before SRC is opened or DST made
+            report = session.run(mode, src.open(dst), dst, options, factory)
             code = report.exit_code
     except Interrupted as stop:
         code = stop.exit_code
