@@ -207,9 +207,9 @@ _stop = 0                         # the first stop signal this rank got
 
 def start_rank(spec: WorkerSpec) -> None:
     """The pool's initializer, once in every rank: its stop signals, and its Worker."""
-    global _worker, _broken, _rank
+    global _worker, _broken, _rank, _stop
     from mpi4py import MPI
-    _rank = MPI.COMM_WORLD.Get_rank()
+    _rank, _stop = MPI.COMM_WORLD.Get_rank(), 0  # a library may run one job after another
     for signum in STOP_SIGNALS:
         signal.signal(signum, stop_rank)
     try:
