@@ -1,6 +1,7 @@
 """The MPI engine: a real mpiexec job copies as the local Pool does; a dead rank ends the job cleanly."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 
 from conftest import build, every_case, link_groups, run_mirror, snapshot, temp_files
 from mirror import Options, check_tree, sync_tree
+from mirror.run.mpi import MAX_BUNDLE, Bundler
 
 
 def find_mpiexec() -> str | None:
@@ -23,14 +25,10 @@ def find_mpiexec() -> str | None:
 
 
 def mpi_missing() -> str | None:
-    try:
-        import importlib.util
-        if importlib.util.find_spec("mpi4py") is None:
-            raise ImportError
-    except ImportError:
-        return "mpi4py is not installed for this Python (make test installs it with the mpich wheel; it could not be installed here)"
-    if find_mpiexec() is None:
-        return "no mpiexec for this Python (make test installs the mpich wheel; it could not be installed here)"
+    """Why the MPI tests cannot run here, or None."""
+    if importlib.util.find_spec("mpi4py") is None or find_mpiexec() is None:
+        return ("needs mpi4py and an mpiexec for this Python: make test installs the mpich and "
+                "mpi4py wheels, and could not here")
     return None
 
 
@@ -152,6 +150,41 @@ def test_auto_runs_on_the_ranks_of_a_job_and_on_the_pool_elsewhere(tmp_path):
     assert in_job.returncode == 0 and alone.returncode == 0, in_job.stderr + alone.stderr
     assert (summary(in_job)["jobs"], summary(in_job)["workers_used"]) == (1, 1)  # the one worker rank
     assert (summary(alone)["jobs"], summary(alone)["workers_used"]) == (3, None)  # the Pool
+
+
+def sizes(bundles) -> list[int]:
+    return [len(bundle) for bundle in bundles]
+
+
+def test_bundles_start_with_one_task_and_grow_at_most_twofold_from_one_that_came_back():
+    bundler = Bundler(width=2)
+    bundler.queue.extend(range(100))
+
+    first = sizes(bundler.take(1))        # nothing measured yet
+    bundler.learn(1, 0.001)               # a quick root folder: 200 such tasks would fit in 0.2 s
+    second = sizes(bundler.take(1))       # but what follows may be far slower
+    bundler.learn(2, 0.002)
+
+    assert (first, second, sizes(bundler.take(1))) == ([1], [2], [4])
+
+
+def test_a_bundle_carries_a_fifth_of_a_second_of_work_and_more_with_many_ranks():
+    one_node, many_nodes = Bundler(width=2), Bundler(width=400)
+    for bundler in (one_node, many_nodes):
+        bundler.learn(MAX_BUNDLE, MAX_BUNDLE * 0.01)  # 10 ms a task
+
+    # 0.2 s of work; 400 ranks x 5 ms = 2 s, so that rank 0 stays under ~10% busy handing them out
+    assert (one_node.size(), many_nodes.size()) == (20, 200)
+
+
+def test_no_bundle_holds_more_than_an_even_share_of_what_waits():
+    bundler = Bundler(width=2)
+    bundler.learn(MAX_BUNDLE, MAX_BUNDLE * 0.001)  # 1 ms a task: bundles of 200 would do
+    bundler.queue.extend(range(10))
+
+    bundles = bundler.take(4)
+
+    assert sizes(bundles) == [3, 3, 2, 2] and [task for bundle in bundles for task in bundle] == list(range(10))
 
 
 def test_mpi_outside_a_job_is_a_usage_error_before_anything_is_written(tmp_path):

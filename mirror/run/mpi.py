@@ -82,11 +82,48 @@ class Delivery(NamedTuple):
     stopped: int    # the stop signal that ended the bundle early, or 0
 
 
+class Bundler:
+    """How tasks wait and travel in bundles: enough work in each to pay for its trip (about
+    MIN_BUNDLE_S, more with many ranks), learnt from the durations of bundles that came back."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.queue: deque[Task] = deque()
+        self.task_s: float | None = None  # what a task takes, on average lately
+        self.most = 1                     # tasks a bundle may hold so far (slow start, see learn)
+
+    def size(self) -> int:
+        """Tasks a bundle should hold."""
+        if self.task_s is None:
+            return 1
+        target = max(MIN_BUNDLE_S, self.width * MASTER_SHARE_S)
+        return max(1, min(self.most, int(target / max(self.task_s, 1e-6))))
+
+    def take(self, free: int) -> list[tuple[Task, ...]]:
+        """Bundles for `free` places: never more than an even share of what waits in one, so
+        that every rank gets some while the walk is young and at the end of the run."""
+        bundles = []
+        most = self.size()
+        while self.queue and free > 0:
+            count = min(most, -(-len(self.queue) // free))
+            bundles.append(tuple(self.queue.popleft() for _ in range(count)))
+            free -= 1
+        return bundles
+
+    def learn(self, tasks: int, elapsed_s: float) -> None:
+        """A bundle of `tasks` tasks took `elapsed_s` seconds on its rank."""
+        per_task = elapsed_s / tasks
+        self.task_s = per_task if self.task_s is None else (1 - LEARN) * self.task_s + LEARN * per_task
+        # Bundles grow at most twofold from one that came back: the first tasks (the root
+        # folder, a few small ones) can be far quicker than what follows, and a bundle sized on
+        # them would hold much of the tree on one rank while the others wait.
+        self.most = min(MAX_BUNDLE, max(self.most, 2 * tasks))
+
+
 class MPIEngine:
     """Tasks run on the other ranks of the job; this process, rank 0, hands them out. A few
-    tasks travel together as one bundle, so that each carries enough work to pay for its trip,
-    and their reports come back as the bundle's result: progress moves as bundles complete
-    (no Manager process across nodes).
+    tasks travel together as one bundle (Bundler), and their reports come back as the bundle's
+    result: progress moves as bundles complete (no Manager process across nodes).
 
     MPI has no fault tolerance: a rank that dies ends the job (the launcher kills every rank,
     this one too), so no task is ever lost and run again. The atomic writes leave nothing
@@ -104,35 +141,27 @@ class MPIEngine:
         self.width = self.executor.num_workers  # waits until every rank has built its Worker
         if not self.width:
             raise MirrorError("the ranks of the MPI job could not start their workers")
-        self.queue: deque[Task] = deque()
+        self.bundler = Bundler(self.width)
         self.running: dict[Future, tuple[Task, ...]] = {}
         self.in_flight = 0            # tasks in the running bundles
-        self.task_s: float | None = None
         self.ranks: set[int] = set()
         self.held: list[Message] = []  # reports that came with a stop, for abort() to hand over
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + self.in_flight
+        return len(self.bundler.queue) + self.in_flight
 
     @property
     def depth(self) -> int:
         """Enough submitted tasks to fill every rank's bundles, and the next ones."""
-        return max(DEPTH, (IN_FLIGHT + 1) * self.bundle_size())
+        return max(DEPTH, (IN_FLIGHT + 1) * self.bundler.size())
 
     @property
     def workers_used(self) -> int:
         return len(self.ranks)
 
-    def bundle_size(self) -> int:
-        """Tasks in a bundle, from their durations so far: one until the first bundle is back."""
-        if self.task_s is None:
-            return 1
-        target = max(MIN_BUNDLE_S, self.width * MASTER_SHARE_S)
-        return max(1, min(MAX_BUNDLE, int(target / max(self.task_s, 1e-6))))
-
     def submit(self, task: Task) -> None:
-        self.queue.append(task)  # bundled when the runner next asks for reports
+        self.bundler.queue.append(task)  # bundled when the runner next asks for reports
 
     def receive(self, timeout: float) -> list[Message]:
         self.dispatch()
@@ -161,21 +190,13 @@ class MPIEngine:
             raise EngineFailure(f"the MPI pool of ranks broke ({error})") from None
         self.ranks.add(delivery.rank)
         if not delivery.stopped:
-            per_task = delivery.elapsed_s / len(bundle)
-            self.task_s = per_task if self.task_s is None else (1 - LEARN) * self.task_s + LEARN * per_task
+            self.bundler.learn(len(bundle), delivery.elapsed_s)
         return delivery
 
     def dispatch(self) -> None:
-        """Bundle what waits into the free places: never more than an even share of it in
-        one, so every rank gets some while the walk is young and at the end of the run."""
-        free = IN_FLIGHT * self.width - len(self.running)
-        most = self.bundle_size()
-        while self.queue and free > 0:
-            count = min(most, -(-len(self.queue) // free))
-            bundle = tuple(self.queue.popleft() for _ in range(count))
+        for bundle in self.bundler.take(IN_FLIGHT * self.width - len(self.running)):
             self.running[self.executor.submit(run_bundle, bundle)] = bundle
-            self.in_flight += count
-            free -= 1
+            self.in_flight += len(bundle)
 
     def close(self) -> list[Message]:
         self.executor.shutdown(wait=True)  # every bundle is in: the runner has nothing pending
@@ -184,7 +205,7 @@ class MPIEngine:
     def abort(self) -> list[Message]:
         """Drop the bundles not yet sent; wait a while for those the ranks run (a stop signal
         reached them too, under mpiexec or srun: they end at their next safe point)."""
-        self.queue.clear()
+        self.bundler.queue.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
         done, _ = self.futures.wait(self.running, STOP_WAIT_S)
         messages, self.held = self.held, []
