@@ -15,7 +15,7 @@ import pytest
 
 from conftest import build, every_case, link_groups, run_mirror, snapshot, temp_files
 from mirror import Options, check_tree, sync_tree
-from mirror.run.mpi import MAX_BUNDLE, Bundler
+from mirror.run.mpi import MAX_BUNDLE, PRIVATE_NAMES, Bundler
 
 
 def find_mpiexec() -> str | None:
@@ -150,6 +150,16 @@ def test_auto_runs_on_the_ranks_of_a_job_and_on_the_pool_elsewhere(tmp_path):
     assert in_job.returncode == 0 and alone.returncode == 0, in_job.stderr + alone.stderr
     assert (summary(in_job)["jobs"], summary(in_job)["workers_used"]) == (1, 1)  # the one worker rank
     assert (summary(alone)["jobs"], summary(alone)["workers_used"]) == (3, None)  # the Pool
+
+
+@needs_mpi
+def test_the_private_name_of_mpi4py_the_engine_uses_is_still_there():
+    """An mpi4py that moves it fails here, naming it, instead of every MPI run failing."""
+    code = ("import mpi4py; mpi4py.rc.initialize = False\n"  # look, without starting MPI
+            "from mpi4py.futures import _core; print(hasattr(_core, 'SharedPool'))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    assert found.stdout.strip() == "True", f"mpi4py no longer has {list(PRIVATE_NAMES)}: see mirror/run/mpi.py"
 
 
 def sizes(bundles) -> list[int]:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
 
 LAUNCH = "mpiexec -n N python -m mpi4py.futures -m mirror ..."
-IN_FLIGHT = 2            # bundles a rank: one it runs, one on its way (hides the round trip)
+IN_FLIGHT = 2            # bundles a rank: one it runs, one ready for the first rank that frees
 MIN_BUNDLE_S = 0.2       # work a bundle carries at least: handing one out costs ~0.5 ms here
 MASTER_SHARE_S = 0.005   # and this much a rank, so that rank 0 stays under ~10% busy handing
                          # them out (~1 s a bundle at 200 ranks)
