@@ -1,7 +1,10 @@
 """The benchmark cases: what each copies, how each round starts from the same state, its targets."""
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,7 +289,71 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
                            Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}")])],
         "sparse": sparse_cases(ctx),
         "remote": remote_cases(ctx),
+        "mpi": mpi_cases(ctx),
     }
 
 
-CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse", "remote")
+CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse", "remote", "mpi")
+
+
+# The mpi case: mirror on the ranks of an MPI job against the local Pool with as many workers.
+
+def mpiexec() -> str | None:
+    """The mpiexec of this Python's environment (the mpich wheel puts it beside python), else PATH's."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def mpi_missing() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None or mpiexec() is None:
+        return "needs mpi4py and an mpiexec: pip install mpich mpi4py"
+    return None
+
+
+def mpi_tool(ranks: int) -> Tool:
+    """mpiexec -n RANKS python -m mpi4py.futures -m mirror copy SRC DST --engine mpi: rank 0
+    hands out the work, RANKS - 1 ranks do it."""
+
+    def argv(src: Path, dst: Path) -> list[str]:
+        return [str(mpiexec()), "-n", str(ranks), sys.executable, "-m", "mpi4py.futures", "-m",
+                "mirror", "copy", str(src), str(dst), "--no-progress", "--quiet", "--engine", "mpi"]
+
+    return Tool(f"mpi -n {ranks}", argv, is_mirror=True)
+
+
+class OnRanks:
+    """Contenders launched by mpiexec need mpi4py and an mpiexec; without them they are skipped."""
+
+    def unavailable(self, tool: Tool) -> str | None:
+        if tool.label.startswith("mpi "):
+            return mpi_missing() or super().unavailable(tool)
+        return super().unavailable(tool)
+
+
+class RanksCase(OnRanks, Case):
+    pass
+
+
+class RanksSlowFs(OnRanks, SlowFs):
+    pass
+
+
+def mpi_cases(ctx: Context) -> list[Case]:
+    """`-n 2` and `-n 3` (one and two worker ranks) against the Pool's -j1 and -j2, on `small` and
+    `slowfs`; on slowfs also -n 9 against -j8, a ratio without a target: more ranks overlap more
+    waits, but 9 interpreters start, and idle ranks poll, on 2 cores."""
+    small, slow = ctx.specs["small"], ctx.specs["slowfs"]
+    pool = [mirror_tool(jobs, "copy") for jobs in (1, 2)]
+    ranks = [mpi_tool(n) for n in (2, 3)]
+    pairs = [("mpi -n 2", "mirror -j1"), ("mpi -n 3", "mirror -j2")]
+    same = Target("mpi -n 3", "mirror -j2", 1.1, "mpi -n 3 <= 1.1 x mirror -j2 (MPI start-up included)")
+    return [
+        RanksCase(ctx, "mpi-small", f"MPI ranks vs the Pool, first copy, {small.files:,} files of "
+                  f"{small.min_size // 1024}-{small.max_size // 1024} KiB in {small.folders:,} folders",
+                  "small", [*pool, *ranks], [same], pairs=pairs, rounds=3),
+        RanksSlowFs(ctx, "mpi-slowfs", f"MPI ranks vs the Pool, FUSE +2 ms per lookup/getattr/open/"
+                    f"create, {slow.files:,} files of {slow.max_size // 1024} KiB",
+                    "slowfs", [*pool, mirror_tool(8, "copy"), *ranks, mpi_tool(9)],
+                    [same],
+                    pairs=[*pairs, ("mpi -n 9", "mirror -j8")], rounds=3),
+    ]

@@ -7,7 +7,7 @@ from typing import Union
 from dataclasses import replace
 
 from .errors import MirrorError
-from .model import Mode, Problem, Severity, display
+from .model import EngineChoice, Mode, Problem, Severity, display
 from .options import Options
 from .plan.filters import Filter
 from .plan.tree import SourceTree
@@ -24,6 +24,18 @@ from .xattrs import scope_of, supported
 
 # SRC: a folder's path, or any SourceTree (a remote one, a test's tree in memory).
 Source = Union[str, bytes, os.PathLike, SourceTree]
+
+
+def engine_for(choice: EngineChoice) -> EngineFactory:
+    """The engine --engine names; MirrorError (before anything is written) for MPI outside an
+    MPI job of two ranks or more, or for a job started without mpi4py.futures."""
+    if choice is EngineChoice.POOL:
+        return PoolEngine
+    from .run import mpi  # imports no mpi4py: only the engine does, when it starts
+    if choice is EngineChoice.MPI:
+        mpi.require_job()
+        return mpi.MPIEngine
+    return mpi.MPIEngine if mpi.job_size() > 1 else PoolEngine
 
 
 def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: OnEvent | None,

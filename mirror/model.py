@@ -44,6 +44,15 @@ class Mode(Symbol):
     CHECK = "check"
 
 
+class EngineChoice(Symbol):
+    """Where a run's tasks run (--engine): worker processes on this machine, the ranks of an MPI
+    job, or the job's ranks when this process is rank 0 of one and the processes otherwise."""
+
+    POOL = "pool"
+    MPI = "mpi"
+    AUTO = "auto"
+
+
 # The records that cross layers and processes are NamedTuples: immutable like frozen
 # dataclasses, but 4-8x cheaper to build and to unpickle, which the per-file path feels.
 

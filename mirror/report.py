@@ -78,6 +78,7 @@ class Report:
     held_back: list[bytes] = field(default_factory=list)  # deletions not done (--max-delete, errors)
     strict: bool = False              # check --strict: what cannot be copied counts as a difference
     uncopiable: int = 0               # check: differences that are entries no copy can have
+    workers_used: int | None = None   # distinct workers that ran a task (None: not counted)
 
     @property
     def exit_code(self) -> int:
@@ -179,6 +180,7 @@ class Report:
             "deletions_held_back": [os.fsdecode(path) for path in self.held_back],
             "elapsed_s": round(self.elapsed_s, 3),
             "jobs": self.jobs,
+            "workers_used": self.workers_used,
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "exit_code": self.exit_code,

@@ -32,10 +32,13 @@ def test_the_pool_and_the_inline_engine_give_the_same_tree_and_report(tmp_path):
         assert check_tree(src, dst, Options(hard_links=True, checksum=True)).differences == []
     pool, inline = results["pool"], results["inline"]
     assert pool[0] == inline[0] and pool[1] == inline[1] and pool[3] == inline[3]
-    ignored = {"elapsed_s", "jobs"}  # jobs: the engine's width (the inline engine runs one task at a time)
+    # jobs: the engine's width (the inline engine runs one task at a time); workers_used: the
+    # Pool does not count them
+    ignored = {"elapsed_s", "jobs", "workers_used"}
     assert {k: v for k, v in pool[2].items() if k not in ignored} == {
         k: v for k, v in inline[2].items() if k not in ignored}
     assert (pool[2]["jobs"], inline[2]["jobs"]) == (2, 1)
+    assert (pool[2]["workers_used"], inline[2]["workers_used"]) == (None, 1)
 
 
 def owner_of(name: str):

@@ -18,6 +18,7 @@ class LostTask(NamedTuple):
 
 
 Message = Union[WorkerReport, LostTask]
+DEPTH = 4   # tasks a worker the runner keeps submitted: bounds memory and keeps every worker fed
 
 
 class EngineFailure(Exception):
@@ -26,9 +27,12 @@ class EngineFailure(Exception):
 
 class Engine(Protocol):
     """What the runner needs of an engine. The Pool (run/pool.py) is the default; InlineEngine
-    runs tasks in the calling process; others (MPI, a cluster) implement the same."""
+    runs tasks in the calling process; MPIEngine (run/mpi.py) runs them on an MPI job's ranks."""
 
-    width: int  # how many tasks run at once: the runner keeps a few times this many in flight
+    width: int  # how many tasks run at once
+    depth: int  # the runner keeps up to width * depth tasks submitted (DEPTH, or more where
+                # each task costs more to hand out and the engine gathers several in one)
+    workers_used: int | None  # distinct workers that ran a task, where the engine counts them
 
     def submit(self, task: Task) -> None:
         """Start a task; its reports come back through receive()."""
@@ -57,6 +61,8 @@ class InlineEngine:
     no process boundary. A signal stops it where it is (the copy removes its temporary file)."""
 
     width = 1
+    depth = DEPTH
+    workers_used = 1
 
     def __init__(self, spec: WorkerSpec, lock_fd: int = -1) -> None:
         self.worker = Worker(spec)

@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import wait
 
 from ..errors import STOP_SIGNALS, HeldStops
-from .engine import EngineFailure, LostTask, Message, Task
+from .engine import DEPTH, EngineFailure, LostTask, Message, Task
 from .messages import WorkerReport
 from .worker import Worker, WorkerSpec
 
@@ -54,6 +54,9 @@ class PoolEngine:
     Keeps every fault guarantee: a killed worker's task is reported lost (the runner runs it
     again once), a killed manager ends the run, SIGTERM repeated then SIGKILL stops the
     workers, and no wait is unbounded."""
+
+    depth = DEPTH
+    workers_used = None  # not counted: a Pool replaces dead workers under new pids
 
     def __init__(self, spec: WorkerSpec, lock_fd: int = -1) -> None:
         self.width = spec.options.jobs

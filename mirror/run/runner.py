@@ -28,7 +28,6 @@ from .folders import Folder, FolderResult, FolderTask, replaces_folder
 HEARTBEAT_S = 0.5           # a Progress(0) at least this often: the sinks' clocks run
 BATCH_FILES = 256
 BATCH_BYTES = 64 << 20
-PENDING_PER_JOB = 4         # bounds memory and keeps every worker fed
 FOLDERS_PER_TASK = 16
 RETRIED = frozenset({Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.SET_META})
 RETRY_PAUSE_S = 0.25        # doubled at each round
@@ -98,6 +97,7 @@ class Runner:
             raise
         finally:
             self.planner.close()
+            self.report.workers_used = self.engine.workers_used
         self.report.elapsed_s = time.monotonic() - started
         return self.report
 
@@ -122,7 +122,7 @@ class Runner:
         while self.folders or self.batches or self.engine.pending:
             if signum := take_stop():  # a stop raised where Python dropped it (a finalizer)
                 raise Terminated(signum)
-            limit = self.width * PENDING_PER_JOB
+            limit = self.width * self.engine.depth
             # Batches first: what folders hand back is then never hoarded while the walk goes on.
             while self.batches and self.engine.pending < limit:
                 if self.dst_full is not None:  # no new write is started in a full DST

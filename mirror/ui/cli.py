@@ -9,7 +9,7 @@ import typer
 
 from .. import __version__
 from ..errors import Interrupted, MirrorError
-from ..model import Mode
+from ..model import EngineChoice, Mode
 from ..options import Options, read_patterns
 
 EXIT_CODES = """Exit codes: 0 success (check: identical); 1 partial: some entries failed, --max-delete
@@ -126,6 +126,10 @@ CheckArchive = Annotated[bool, typer.Option("--archive", "-a", help=(
     "Accepted for rsync's habit; changes nothing: check always compares what rsync -a keeps."))]
 AlwaysDeletes = Annotated[bool, typer.Option("--delete", help=(
     "Accepted for rsync's habit; changes nothing: sync always deletes what SRC does not have."))]
+Engine = Annotated[EngineChoice, typer.Option(
+    "--engine", help="pool: worker processes on this machine (--jobs); mpi: the other ranks of an "
+    "MPI job, launched as mpiexec -n N python -m mpi4py.futures -m mirror ... (--jobs is unused); "
+    "auto: mpi in such a job, else pool.")]
 MaxDelete = Annotated[Optional[int], typer.Option(
     "--max-delete", metavar="N", parser=whole_number("--max-delete", 0),
     help="If more than N entries would be deleted, delete none (exit 1).")]
@@ -176,12 +180,13 @@ def copy(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          verbose: Verbose = False, progress: ShowProgress = None, json_summary: Json = False,
          log_file: LogPath = None, token_file: TokenFile = None, tls_ca: TlsCa = None,
          sparse: Sparse = True, xattrs: Xattrs = False, acls: Acls = False,
-         one_file_system: OneFileSystem = False, archive: Archive = False) -> None:
+         one_file_system: OneFileSystem = False, archive: Archive = False,
+         engine: Engine = EngineChoice.AUTO) -> None:
     """Copy new and changed entries of SRC into DST. Never deletes anything in DST."""
     view = View(quiet, verbose, progress, json_summary, log_file)
     keep = Keep(sparse, xattrs, acls, one_file_system)
     execute(Mode.COPY, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
-        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, keep=keep))
+        jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, keep=keep), engine)
 
 
 @app.command(short_help="Make DST identical to SRC: copy, then delete what SRC lacks.",
@@ -196,7 +201,8 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
          progress: ShowProgress = None, json_summary: Json = False, log_file: LogPath = None,
          token_file: TokenFile = None, tls_ca: TlsCa = None, sparse: Sparse = True,
          xattrs: Xattrs = False, acls: Acls = False, one_file_system: OneFileSystem = False,
-         archive: Archive = False, delete: AlwaysDeletes = False) -> None:
+         archive: Archive = False, delete: AlwaysDeletes = False,
+         engine: Engine = EngineChoice.AUTO) -> None:
     """Make DST identical to SRC: copy, then delete what SRC does not have.
 
     Deletes nothing when any entry failed to copy; a folder that a file, link or special
@@ -212,7 +218,7 @@ def sync(src: Src, dst: Dst, jobs: Jobs = None, dry_run: DryRun = False, checksu
     keep = Keep(sparse, xattrs, acls, one_file_system)
     execute(Mode.SYNC, Source(src, token_file, tls_ca), dst, view, lambda: build_options(
         jobs, dry_run, checksum, exclude, include, exclude_from, hard_links, retries, max_delete,
-        allow_empty_src, delete_excluded, keep))
+        allow_empty_src, delete_excluded, keep), engine)
 
 
 Print0 = Annotated[bool, typer.Option(
@@ -230,7 +236,7 @@ def check(src: CheckSrc, dst: CheckDst, jobs: Jobs = None, checksum: Checksum = 
           print0: Print0 = False, token_file: TokenFile = None, tls_ca: TlsCa = None,
           xattrs: CompareXattrs = False, acls: CompareAcls = False,
           one_file_system: CheckOneFileSystem = False, strict: Strict = False,
-          archive: CheckArchive = False) -> None:
+          archive: CheckArchive = False, engine: Engine = EngineChoice.AUTO) -> None:
     """Compare SRC and DST in parallel (--jobs workers): list what sync would change, one line
     a difference. Changes nothing. Exit 0 when identical, 1 when not."""
     view = View(quiet, False, progress, json_summary, log_file, print0)
@@ -242,7 +248,7 @@ def check(src: CheckSrc, dst: CheckDst, jobs: Jobs = None, checksum: Checksum = 
         return build_options(jobs, False, checksum, exclude, include, exclude_from, hard_links,
                              keep=Keep(True, xattrs, acls, one_file_system, strict))
 
-    execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options)
+    execute(Mode.CHECK, Source(src, token_file, tls_ca), dst, view, options, engine)
 
 
 @dataclass(frozen=True)
@@ -264,14 +270,17 @@ class Source:
         return self.path
 
 
-def execute(mode: Mode, src: Source, dst: str, view: View, make_options) -> None:
+def execute(mode: Mode, src: Source, dst: str, view: View, make_options,
+            engine: EngineChoice = EngineChoice.AUTO) -> None:
     """Run one command and leave with its exit code; no traceback for anything a user did."""
     from ..errors import Terminated
     try:
+        from .. import engine_for
         from .session import Session
         with Session(view) as session:
             options = make_options()
-            report = session.run(mode, src.open(dst), dst, options)
+            factory = engine_for(engine)  # refused MPI: before SRC is opened or DST made
+            report = session.run(mode, src.open(dst), dst, options, factory)
             code = report.exit_code
     except Interrupted as stop:
         code = stop.exit_code

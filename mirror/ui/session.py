@@ -49,9 +49,9 @@ class Session:
     def output_lost(self, stream: Output) -> None:
         self.log.write(f"{stream.name} {stream.lost}: output stopped")
 
-    def run(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
+    def run(self, mode: Mode, src: str, dst: str, options: Options, engine) -> Report:
         try:
-            report = self.work(mode, src, dst, options)
+            report = self.work(mode, src, dst, options, engine)
         except Interrupted as stop:
             self.finish(stop.report, stop.signum)
             raise
@@ -63,7 +63,7 @@ class Session:
         self.finish(report)
         return report
 
-    def work(self, mode: Mode, src: str, dst: str, options: Options) -> Report:
+    def work(self, mode: Mode, src: str, dst: str, options: Options, engine) -> Report:
         from .. import check_tree, copy_tree, sync_tree
         if self.log:
             shown = src.path if hasattr(src, "path") else os.fsencode(src)  # a remote tree: its URL
@@ -75,7 +75,7 @@ class Session:
         if mode is Mode.CHECK and self.log is not None:
             self.sinks.remove(self.log)  # check lists its differences at the end, not actions
         run = {Mode.COPY: copy_tree, Mode.SYNC: sync_tree, Mode.CHECK: check_tree}[mode]
-        return run(src, dst, options, on_event=self.on_event)
+        return run(src, dst, options, on_event=self.on_event, engine=engine)
 
     def start_progress(self, checking: bool) -> None:
         wanted = self.view.progress
