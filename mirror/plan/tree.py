@@ -45,6 +45,7 @@ class SourceTree(Protocol):
     """
 
     path: bytes  # where the tree is, for messages
+    round_trips: bool  # each read waits on a network (a remote tree): fewer, bigger tasks
 
     def root(self) -> Entry:
         """The tree's root folder (a symlink the user named as the root is followed)."""
@@ -99,6 +100,8 @@ class LocalTree:
     def __init__(self, path: bytes) -> None:
         self.path = path
         self.folders = DirCache(path)
+
+    round_trips = False
 
     def __reduce__(self):
         return LocalTree, (self.path,)

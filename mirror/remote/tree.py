@@ -63,6 +63,7 @@ class RemoteTree:
         self.down: tuple[OSError, float] | None = None
         self.helpers = Helpers(address)  # extra connections for big files
         self.buffer: memoryview | None = None  # one frame's bytes, this tree's own
+        self.root_entry: Entry | None = None
         self.last_used = 0.0
 
     def __reduce__(self):
@@ -70,8 +71,12 @@ class RemoteTree:
 
     # -- SourceTree -----------------------------------------------------------------------
 
+    round_trips = True  # every read waits for the server: the runner hands out bigger tasks
+
     def root(self) -> Entry:
-        return entry_from_stat(b"", self.ask(Frame.ROOT, b""))
+        if self.root_entry is None:  # asked by the checks, then by the run: one round trip
+            self.root_entry = entry_from_stat(b"", self.ask(Frame.ROOT, b""))
+        return self.root_entry
 
     def list(self, rel: bytes) -> dict[bytes, wire.RemoteStat]:
         return self.ask(Frame.LIST, rel)
@@ -212,6 +217,7 @@ class RemoteTree:
                     conn.close()
             self.helpers.close()
         self.conn = self.side = None
+        self.root_entry = None
         self.forget()
 
     # -- the pipeline ---------------------------------------------------------------------

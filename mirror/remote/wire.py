@@ -299,8 +299,11 @@ def parse_eof(payload: bytes) -> tuple[bool, int]:
 
 def proof(token: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
     """HMAC-SHA256 of both nonces under the shared token: proves the token, never sends it.
-    The role (b"client", b"server") keeps one side's proof from being replayed as the other's."""
-    return hmac.new(token, b"mirror/1 " + role + b"\0" + first + second, hashlib.sha256).digest()
+    The role (b"client", b"server") keeps one side's proof from being replayed as the other's.
+    The key is the token's SHA-256: HMAC pads a short key with zero bytes, so b"k" and b"k\0"
+    would be the same key (found by the fuzz test)."""
+    key = hashlib.sha256(token).digest()
+    return hmac.new(key, b"mirror/1 " + role + b"\0" + first + second, hashlib.sha256).digest()
 
 
 def check_proof(token: bytes, role: bytes, first: bytes, second: bytes, given: bytes) -> bool:

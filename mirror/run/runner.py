@@ -55,6 +55,10 @@ class Runner:
         self.on_event = on_event or (lambda event: None)
         self.report = Report(mode, self.width, options.dry_run, strict=options.strict)
         self.planner = Planner(src, LocalTree(dst_root), mode, options)  # -H decisions, in one place
+        # Folders go out in 4 tasks a worker, so that the work spreads evenly; where every task
+        # costs round trips (a remote SRC: its listings are asked for together), in 1: at 50 ms
+        # a no-op of 100 folders on 8 workers took 3 rounds of tasks more.
+        self.shares = 1 if getattr(src, "round_trips", False) else 4
         self.folders: list[Folder] = []
         self.batches: deque[list[Action]] = deque()
         self.folders_pending = 0
@@ -189,7 +193,7 @@ class Runner:
 
     def submit_folders(self) -> None:
         """A few folders a task when many wait, so that every worker still gets a share."""
-        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (4 * self.width)))
+        count = max(1, min(FOLDERS_PER_TASK, len(self.folders) // (self.shares * self.width)))
         folders = tuple(self.folders[-count:])
         del self.folders[-count:]
         self.folder_counts[self.tasks] = count

@@ -127,7 +127,7 @@ CheckArchive = Annotated[bool, typer.Option("--archive", "-a", help=(
 AlwaysDeletes = Annotated[bool, typer.Option("--delete", help=(
     "Accepted for rsync's habit; changes nothing: sync always deletes what SRC does not have."))]
 Engine = Annotated[EngineChoice, typer.Option(
-    "--engine", help="pool: worker processes on this machine (--jobs); mpi: the other ranks of an "
+    "--engine", metavar="pool|mpi|auto", help="pool: worker processes on this machine (--jobs); mpi: the other ranks of an "
     "MPI job, launched as mpiexec -n N python -m mpi4py.futures -m mirror ... (--jobs is unused); "
     "auto: mpi in such a job, else pool.")]
 MaxDelete = Annotated[Optional[int], typer.Option(
