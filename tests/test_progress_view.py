@@ -22,8 +22,9 @@ from mirror.ui.progress import Counts, LineSink
 COUNTS = re.compile(r"copied ([\d,]+) of (≥?)([\d,]+) files, checked ([\d,]+)")
 
 
-def on_a_terminal(columns: int, *args: str) -> list[str]:
-    """The frames a real `mirror` draws on a terminal `columns` wide."""
+def on_a_terminal(columns: int, *args: str, resize_to: int | None = None) -> list[str]:
+    """The frames a real `mirror` draws on a terminal `columns` wide; with `resize_to`, the
+    terminal is made that wide once the first bar is drawn (a "RESIZED" mark among the frames)."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: mirror on the terminal
         os.execv(sys.executable, [sys.executable, "-m", "mirror", *args])
@@ -37,6 +38,10 @@ def on_a_terminal(columns: int, *args: str) -> list[str]:
         if not data:
             break
         out += data
+        if resize_to is not None and b"|" in out:
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, resize_to, 0, 0))
+            out += b"\rRESIZED copied\r"
+            resize_to = None
     os.waitpid(pid, 0)
     text = out.decode("utf-8", "replace").replace("\r\n", "\n")
     return [frame for chunk in text.split("\n") for frame in chunk.split("\r") if "copied" in frame]
@@ -58,6 +63,22 @@ def test_at_60_columns_the_counts_stay_and_the_bar_fits(make_tree, tmp_path):
         copied, _, total, _ = COUNTS.search(frame).groups()
         assert int(copied.replace(",", "")) <= int(total.replace(",", ""))
     assert COUNTS.search(bars[-1]).groups() == ("1,200", "", "1,200", "1,200")
+
+
+def test_the_bar_follows_the_terminal_as_it_is_resized(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as stream:  # written whole (--no-sparse): seconds of frames
+        stream.truncate(3 << 30)
+
+    frames = on_a_terminal(120, "copy", "--progress", "--no-sparse", os.fsdecode(src),
+                           os.fsdecode(tmp_path / "dst"), resize_to=70)
+
+    mark = frames.index("RESIZED copied")
+    before, after = frames[:mark], [frame for frame in frames[mark + 1:] if "|" in frame]
+    assert max(width(frame.rstrip()) for frame in before) > 70
+    assert after and all(width(frame.rstrip()) <= 70 for frame in after[1:]), after
+    assert all(COUNTS.search(frame) for frame in after)  # the counts stayed
 
 
 def test_a_no_op_shows_the_files_it_checked(make_tree, tmp_path):
