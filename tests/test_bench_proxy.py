@@ -14,6 +14,17 @@ import pytest
 from bench.proxy import MIB, WINDOW, Proxy, model
 
 
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test():
+    """Later tests fork the test process: a thread left running makes every fork risky (and
+    Python 3.12 warns at each one)."""
+    before = set(threading.enumerate())
+    yield
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+    assert set(threading.enumerate()) <= before
+
+
 @pytest.fixture
 def echo_server():
     """An echo server on a free port: echoes each connection until EOF, then closes it."""
@@ -34,6 +45,7 @@ def echo_server():
 
     threading.Thread(target=serve, daemon=True).start()
     yield listener.getsockname()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes accept(): close alone does not
     listener.close()
 
 
