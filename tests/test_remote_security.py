@@ -956,3 +956,68 @@ def test_two_remote_trees_in_two_threads_each_get_their_own_bytes(tmp_path, serv
         thread.join(60)
 
     assert len(results) == 4 and all(result == expected for result in results)
+
+
+def closed_soon(sock: socket.socket, within: float) -> bool:
+    """The server closed `sock` (EOF or reset) within `within` seconds."""
+    if not select.select([sock], [], [], within)[0]:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_one_address_cannot_fill_the_server_with_connections_that_never_log_in(tmp_path, serve, monkeypatch):
+    monkeypatch.setattr(server_module, "PENDING_PER_PEER", 4)
+    served = serve(secret_tree(tmp_path))
+    silent = [socket.create_connection((served.host, served.port)) for _ in range(4)]
+    time.sleep(0.2)  # accepted, in their handshake
+
+    one_more = socket.create_connection((served.host, served.port))
+
+    assert closed_soon(one_more, 5)  # refused at once, not held for the handshake's 10 s
+    assert served.logged("client 127.0.0.1: refused, 4 connections still in their handshake")
+    assert not any(closed_soon(sock, 0) for sock in silent)  # those still wait for their hello
+    for sock in silent + [one_more]:
+        sock.close()
+    deadline = time.monotonic() + 5
+    while True:  # once they are gone, the address is welcome again
+        try:
+            served.connect().close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the address stayed refused"
+            time.sleep(0.05)
+
+
+def test_a_tls_handshake_dripped_a_byte_at_a_time_is_cut_when_the_time_is_up(tmp_path, serve, monkeypatch):
+    """HANDSHAKE_S bounds TLS's handshake in all too (CPython's ssl counts its timeout for the
+    whole handshake): a guard that this stays true."""
+    import ssl
+    if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode:
+        pytest.skip("openssl is not installed: cannot make a certificate")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem", "-days", "1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    monkeypatch.setattr(server_module, "HANDSHAKE_S", 1.0)
+    served = serve(secret_tree(tmp_path), tls=context)
+    sock = socket.create_connection((served.host, served.port))
+    hello = bytes.fromhex("16030100a5010000a10303") + os.urandom(160)  # a ClientHello's start
+    started, cut = time.monotonic(), None
+
+    for byte in hello:  # one byte every 0.2 s: each recv is quick, the whole never ends
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            cut = time.monotonic() - started
+            break
+        if closed_soon(sock, 0.2):
+            cut = time.monotonic() - started
+            break
+
+    assert cut is not None and cut < 5, cut
+    assert served.logged("client 127.0.0.1: silent for too long; connection closed")
+    sock.close()

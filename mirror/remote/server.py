@@ -18,7 +18,8 @@ from ..plan.tree import LocalTree, unchanged
 from . import wire
 from .wire import Frame, ProtocolError
 
-HANDSHAKE_S = 10.0          # to say hello and prove the token, in all
+HANDSHAKE_S = 10.0          # to say hello and prove the token, in all (TLS's handshake too)
+PENDING_PER_PEER = 32       # connections of one address not yet through the handshake
 IDLE_S = 300.0              # a connection silent this long (or not reading) is closed
 RATE = 20_000               # requests a second per connection, in bursts of as many
 CONNECTIONS_PER_CLIENT = 256
@@ -86,6 +87,7 @@ class Server:
         self.lock = threading.Lock()
         self.sessions: dict[bytes, Session] = {}
         self.sockets: set[socket.socket] = set()
+        self.pending: dict[str, int] = {}  # connections in their handshake, by address
         self.threads: set[threading.Thread] = set()
         self.stopping = False
 
@@ -142,35 +144,44 @@ class Server:
                 sock.close()
                 self.log(f"client {peer}: refused, too many connections")
                 return
+            if self.pending.get(peer, 0) >= PENDING_PER_PEER:  # one address cannot fill the server
+                sock.close()                                    # with connections that never log in
+                if self.pending[peer] == PENDING_PER_PEER:
+                    self.log(f"client {peer}: refused, {PENDING_PER_PEER} connections still in their handshake")
+                    self.pending[peer] += 1  # said once until one of them is through
+                return
+            self.pending[peer] = self.pending.get(peer, 0) + 1
             self.sockets.add(sock)
             thread = threading.Thread(target=self.handle, args=(sock, peer), daemon=True)
             self.threads.add(thread)
         thread.start()
 
     def handle(self, raw: socket.socket, peer: str) -> None:
-        session, sock = None, raw
+        session, sock, greeting = None, raw, True
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            raw.settimeout(HANDSHAKE_S)
+            raw.settimeout(HANDSHAKE_S)  # TLS's handshake: CPython counts it in all, not per byte
             if self.tls is not None:
                 sock = self.tls.wrap_socket(raw, server_side=True)
             channel = Channel(sock)
             channel.deadline = time.monotonic() + HANDSHAKE_S
             session = self.greet(channel, peer)
             channel.deadline = None
+            greeting = self.greeted(peer)
             if session is not None:
                 sock.settimeout(self.idle_s)
                 Handler(self, channel, session).run()
-        except ProtocolError as error:
-            self.log(f"client {peer}: protocol error: {error}; connection closed")
-        except socket.timeout:
-            self.log(f"client {peer}: silent for too long; connection closed")
-        except EOFError:  # closed between frames (a probe, a client that gave up): nothing to say
-            pass
-        except OSError as error:  # the peer went away, or TLS failed: that connection only
-            if not self.stopping and not isinstance(error, ConnectionError):
-                self.log(f"client {peer}: {error}; connection closed")
+        except (ProtocolError, EOFError, OSError) as error:
+            if isinstance(error, socket.timeout):
+                self.log(f"client {peer}: silent for too long; connection closed")
+            elif isinstance(error, ProtocolError):
+                self.log(f"client {peer}: protocol error: {error}; connection closed")
+            elif isinstance(error, OSError) and not self.stopping and not isinstance(error, ConnectionError):
+                self.log(f"client {peer}: {error}; connection closed")  # TLS failed, say
+            # EOFError: closed between frames (a probe, a client that gave up): nothing to say
         finally:
+            if greeting:
+                self.greeted(peer)
             sock.close()
             raw.close()
             with self.lock:
@@ -179,6 +190,16 @@ class Server:
                 if session is not None:
                     session.connections -= 1
                     session.ended = time.monotonic()
+
+    def greeted(self, peer: str) -> bool:
+        """One connection of `peer` is through its handshake (or gone): no longer pending."""
+        with self.lock:
+            left = min(self.pending.get(peer, 1), PENDING_PER_PEER) - 1
+            if left > 0:
+                self.pending[peer] = left
+            else:
+                self.pending.pop(peer, None)
+        return False
 
     def greet(self, channel: Channel, peer: str) -> Session | None:
         """Hello, the token's proof both ways, and a place among the clients; None if refused."""
