@@ -7,6 +7,7 @@ import socket
 from typing import NamedTuple
 
 from ..errors import MirrorError
+from ..model import SourceError
 from . import DEFAULT_PORT, SCHEME, wire
 from .wire import Frame, ProtocolError
 
@@ -60,15 +61,15 @@ class Refused(OSError):
     """The server answered and refused: a wrong token, too many clients, another version."""
 
 
-def lost(error: BaseException) -> OSError:
-    """A connection that failed, as the error of the entry that was being read."""
+def lost(error: BaseException, path: bytes | None = None) -> SourceError:
+    """A connection that failed, as the error of the entry at `path` that was being read."""
     if isinstance(error, ProtocolError):
-        return OSError(errno.EPROTO, f"protocol error from the server: {error}")
+        return SourceError(errno.EPROTO, f"protocol error from the server: {error}", path)
     if isinstance(error, socket.timeout):
-        return OSError(errno.ETIMEDOUT, "the server stopped answering")
+        return SourceError(errno.ETIMEDOUT, "the server stopped answering", path)
     if isinstance(error, OSError) and error.errno is not None:
-        return OSError(error.errno, f"connection to the server lost: {error.strerror}")
-    return OSError(errno.ECONNRESET, "connection to the server lost")
+        return SourceError(error.errno, f"connection to the server lost: {error.strerror}", path)
+    return SourceError(errno.ECONNRESET, "connection to the server lost", path)
 
 
 class Connection:
@@ -167,4 +168,5 @@ def handshake_failed(error: BaseException, address: Address) -> OSError:
             errno.ECONNRESET, None)):
         hint = "" if address.tls_ca else " (if the server uses TLS, give --tls-ca)"
         return OSError(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
-    return lost(error)
+    failure = lost(error)  # a plain OSError: no entry was being read yet
+    return OSError(failure.errno, failure.strerror)

@@ -88,8 +88,7 @@ class Stripe:
             if isinstance(error, WriteFailed):
                 self.error = error.error  # DST's error, as a local copy reports it
             else:
-                failure = lost(error)
-                self.error = SourceError(failure.errno, failure.strerror, self.path)
+                self.error = lost(error, self.path)
 
     def fetch(self) -> None:
         conn, request = self.conn, self.request

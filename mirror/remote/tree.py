@@ -97,7 +97,7 @@ class RemoteTree:
             try:
                 conn.send(self.read_request(path, listed).data)
             except (OSError, ProtocolError, EOFError) as error:
-                raise self.side_broken(error, path) from None
+                raise self.broken(error, path, conn) from None
         else:
             pending = self.read_request(path, listed)
             self.send([pending])
@@ -114,7 +114,7 @@ class RemoteTree:
         except (OSError, ProtocolError, EOFError) as error:
             if isinstance(error, SourceError):
                 raise
-            raise (self.side_broken(error, path) if conn is self.side else self.broken(error, path)) from None
+            raise self.broken(error, path, conn) from None
         entry = entry_from_stat(path, st)
         if entry.kind is not Kind.FILE:
             raise self.broken(ProtocolError("not a regular file"), path)
@@ -160,8 +160,7 @@ class RemoteTree:
                 else:
                     raise ProtocolError(f"{kind.name} inside a file")
             except (OSError, ProtocolError, EOFError) as error:
-                raise (self.side_broken(error, handle.path) if conn is self.side
-                       else self.broken(error, handle.path)) from None
+                raise self.broken(error, handle.path, conn) from None
             if kind is Frame.DATA:
                 write_all(out, view[:length])
                 received += length
@@ -272,17 +271,15 @@ class RemoteTree:
         self.conn = None
         self.forget()
 
-    def broken(self, error: BaseException, path: bytes) -> SourceError:
-        self.reset()
-        failure = lost(error)
-        return SourceError(failure.errno, failure.strerror, path)
-
-    def side_broken(self, error: BaseException, path: bytes) -> SourceError:
-        if self.side is not None:
+    def broken(self, error: BaseException, path: bytes, conn: Connection | None = None) -> SourceError:
+        """A connection that failed (the side one if `conn` is it, else the pipeline's) is
+        closed; the error is the entry's."""
+        if conn is not None and conn is self.side:
             self.side.close()
-        self.side = None
-        failure = lost(error)
-        return SourceError(failure.errno, failure.strerror, path)
+            self.side = None
+        else:
+            self.reset()
+        return lost(error, path)
 
     def send(self, requests: list[Pending]) -> None:
         for request in requests:
@@ -294,17 +291,15 @@ class RemoteTree:
             raise self.broken(error, requests[0].path) from None
 
     def fill(self) -> None:
-        """Send expected reads while the replies asked for are fewer than WINDOW_BYTES."""
-        batch = []
-        while self.unsent and (self.in_flight < WINDOW_BYTES or not self.sent) and (
-                self.request_bytes < REQUEST_BYTES):
+        """Send expected reads while the replies asked for are fewer than WINDOW_BYTES (and
+        at least one when nothing is under way); send() counts them."""
+        batch, wanted, asked = [], self.in_flight, self.request_bytes
+        while self.unsent and (wanted < WINDOW_BYTES or not (self.sent or batch)) and asked < REQUEST_BYTES:
             request = self.unsent.popleft()
             batch.append(request)
-            self.in_flight += request.size
-            self.request_bytes += len(request.data)
+            wanted += request.size
+            asked += len(request.data)
         if batch:
-            self.in_flight -= sum(request.size for request in batch)
-            self.request_bytes -= sum(len(request.data) for request in batch)
             self.send(batch)
             self.sent.extend(batch)
 
