@@ -58,15 +58,9 @@ def _run(src: Source, dst: str | bytes, mode: Mode, options: Options, on_event: 
     else:
         created = make_dst(dst_root)
         lock_fd = lock_dst(dst_root)
-    try:
-        options, notices = kept_by_dst(dst_root, mode, options)
-        running = engine(WorkerSpec(src_tree, dst_root, mode, options), lock_fd)
-        report = Runner(src_tree, dst_root, mode, options, running, on_event, notices).run()
-        report.dirs_created += created
-        return report
-    finally:
-        if lock_fd >= 0:
-            unlock(lock_fd)
+    report = _drive(Runner, src_tree, dst_root, mode, mode, options, on_event, engine, lock_fd)
+    report.dirs_created += created
+    return report
 
 
 def _run_file(pair: FilePair, mode: Mode, options: Options, on_event: OnEvent | None,
@@ -83,11 +77,18 @@ def _run_file(pair: FilePair, mode: Mode, options: Options, on_event: OnEvent | 
         if not options.dry_run:
             make_dst(dst_root)  # it exists: this checks it can be written
         lock_fd = lock_dst(dst_root)  # one run per folder: a tree run there removes our temp files
+    work = Mode.COPY if mode is Mode.SYNC else mode
+    return _drive(FileRunner, src_tree, dst_root, mode, work, options, on_event, engine, lock_fd)
+
+
+def _drive(runner: type[Runner], src_tree: SourceTree, dst_root: bytes, mode: Mode, work: Mode,
+           options: Options, on_event: OnEvent | None, engine: EngineFactory, lock_fd: int) -> Report:
+    """Start the engine on workers doing `work` and run `runner`; DST's lock is released after,
+    however it ends."""
     try:
         options, notices = kept_by_dst(dst_root, mode, options)
-        work = Mode.COPY if mode is Mode.SYNC else mode
         running = engine(WorkerSpec(src_tree, dst_root, work, options), lock_fd)
-        return FileRunner(src_tree, dst_root, mode, options, running, on_event, notices).run()
+        return runner(src_tree, dst_root, mode, options, running, on_event, notices).run()
     finally:
         if lock_fd >= 0:
             unlock(lock_fd)
