@@ -63,17 +63,22 @@ def wait_listening(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise RuntimeError(f"{what} is not listening on port {port} after {timeout:.0f} s")
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of pid and all its descendants, live or reaped (from /proc)."""
-    nodes: dict[int, tuple[int, int]] = {}
+def processes() -> dict[int, list[str]]:
+    """Every process's /proc/PID/stat fields after the command name (state, ppid, pgrp, ...)."""
+    found = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
+                    found[int(entry)] = handle.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            nodes[int(entry)] = (int(fields[1]), sum(map(int, fields[11:15])))
+    return found
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and all its descendants, live or reaped (from /proc)."""
+    nodes = {node: (int(fields[1]), sum(map(int, fields[11:15]))) for node, fields in processes().items()}
     total, stack = 0, [pid]
     while stack:
         node = stack.pop()
@@ -84,16 +89,7 @@ def tree_cpu(pid: int) -> float:
 
 def survivors(pgid: int) -> int:
     """How many live (not zombie) processes are still in process group pgid."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            count += fields[0] != "Z" and int(fields[2]) == pgid
-    return count
+    return sum(fields[0] != "Z" and int(fields[2]) == pgid for fields in processes().values())
 
 
 class Service:
