@@ -11,7 +11,8 @@ INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check --config-set
 
 .PHONY: run test bench clean
 
-$(VENV)/.installed: pyproject.toml
+# setup.py and the C source too: a changed core is built again
+$(VENV)/.installed: pyproject.toml setup.py mirror/_core.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(INSTALL) -e . >&2
 	@$(PY) -m compileall -q mirror >&2  # bytecode now, even where the shell forbids writing it

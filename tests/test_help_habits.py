@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import mirror
+from mirror import core
 from conftest import File, Link, file_size_limit, run_mirror, snapshot, temp_files
 from mirror import InlineEngine, Options, copy_tree
 from mirror.events import Discovered, Finished
@@ -149,7 +150,7 @@ def test_version_names_mirror_python_and_the_core():
         result = run_mirror(flag)
 
         assert result.returncode == 0, result.stderr
-        assert result.stdout == f"mirror {mirror.__version__} (Python {python}; core: Python)\n"
+        assert result.stdout == f"mirror {mirror.__version__} (Python {python}; core: {core.describe()})\n"
     assert "-V, --version" in run_mirror("--help").stdout
 
 

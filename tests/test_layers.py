@@ -7,7 +7,7 @@ from pathlib import Path
 import mirror
 
 PACKAGE = Path(mirror.__file__).parent
-PUBLIC = {"mirror", "mirror.events", "mirror.model", "mirror.options", "mirror.report", "mirror.errors",
+PUBLIC = {"mirror", "mirror.events", "mirror.model", "mirror.options", "mirror.report", "mirror.errors", "mirror.core",
           "mirror.remote"}
 
 

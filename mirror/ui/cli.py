@@ -24,11 +24,11 @@ app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_e
 
 
 PROG = "mirror"  # also under `python -m mirror`: the name completion and usage lines give
-CORE = "Python"  # what copies the bytes and plans; a compiled core would say so here
 
 
 def version_line() -> str:
-    return f"{PROG} {__version__} (Python {'.'.join(map(str, sys.version_info[:3]))}; core: {CORE})"
+    from ..core import describe  # the compiled core, or why the pure-Python one runs
+    return f"{PROG} {__version__} (Python {'.'.join(map(str, sys.version_info[:3]))}; core: {describe()})"
 
 
 def show_version(wanted: bool) -> None:
