@@ -195,6 +195,14 @@ def temp_files(root) -> list[bytes]:
 
 
 @pytest.fixture
+def pure_copy(monkeypatch):
+    """Files copied by the pure code only, for a test that fakes a change of SRC inside it (a
+    real change makes the compiled copy decline the file to that code: test_core_copy.py)."""
+    from mirror import core
+    monkeypatch.setattr(core, "copy_files", None)
+
+
+@pytest.fixture
 def cli():
     """cli("copy", src, dst, "-v") -> click Result, through typer's CliRunner."""
     runner = CliRunner()

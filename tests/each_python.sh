@@ -22,7 +22,7 @@ for version in $(printf '%s\n' "${!found[@]}" | sort -V); do
   python=${found[$version]}
   if [ "$version" != "$main" ]; then
     venv=.venv-tests/$version
-    if [ ! -x "$venv/bin/python" ] || [ -n "$(find pyproject.toml setup.py mirror/_core.c -newer "$venv/.installed")" ]; then
+    if [ ! -x "$venv/bin/python" ] || [ ! -e "$venv/.installed" ] || [ -n "$(find pyproject.toml setup.py mirror/_core.c -newer "$venv/.installed")" ]; then
       "$python" -m venv "$venv" && install "$venv/bin/python" && touch "$venv/.installed" || { failed+=("$version (install)"); continue; }
     fi
     python=$venv/bin/python

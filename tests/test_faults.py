@@ -230,7 +230,7 @@ def test_read_only_destination_is_refused_with_exit_2(tmp_path):
     assert result.returncode == 2 and "not writable" in result.stderr
 
 
-def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree, monkeypatch):
+def test_a_file_that_keeps_changing_fails_and_dst_keeps_its_old_version(make_tree, monkeypatch, pure_copy):
     from mirror import Options, copy_tree
     from mirror.plan import tree as copyfile  # where the check after a copy lives
     src = make_tree({"log": b"x" * 5000, "calm": b"c"})
@@ -291,7 +291,7 @@ def zombie(pid: int) -> bool:
         return True
 
 
-def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch):
+def test_retries_redo_only_the_failed_entry(make_tree, monkeypatch, pure_copy):
     from collections import Counter
 
     from mirror import Options, copy_tree

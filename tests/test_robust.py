@@ -256,7 +256,7 @@ def test_a_stopped_run_counts_and_logs_every_entry_it_put_in_place(tmp_path, sig
     assert temp_files(dst) == [] if dst.exists() else True
 
 
-def test_verbose_says_why_an_entry_is_tried_again(make_tree, monkeypatch, cli):
+def test_verbose_says_why_an_entry_is_tried_again(make_tree, monkeypatch, cli, pure_copy):
     from mirror.plan import tree
     src = make_tree({"growing": b"g" * 12345, "calm": b"c"})
     dst = make_tree({})

@@ -4,10 +4,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
+from typing import NamedTuple
 
+from .. import core
+from ..core import Ladder
 from ..model import Action, Entry, Kind, Mode, NotWritten, Op, Outcome, SourceError, fills_dst
-from ..plan.tree import PIN_FLAGS, SourceTree, as_tree
+from ..plan.tree import PIN_FLAGS, LocalTree, SourceTree, as_tree
 from ..options import Options
 from .. import xattrs
 from ..paths import DirCache, join, split, temp_name
@@ -15,10 +19,22 @@ from ..xattrs import scope_of
 from ..plan.compare import wanted_perms
 from ..plan.march import NAME_CHANGING
 from .copyfile import PROC_FD, FileCopier, FolderFacts, discard
-from .fastcopy import Copier, OnBytes
+from .fastcopy import BIG_FILE, SPARSE_MIN, Copier, OnBytes
 
 FREEING = frozenset({Op.DELETE, Op.CLEANUP})   # still done when DST is full
 FOLDER_IN_THE_WAY = "a non-empty folder is in the way (sync replaces it, copy does not)"
+# One call of the compiled core copies at most this much: a stop request waits for one call.
+BATCH_FILES = 256
+BATCH_BYTES = 8 << 20
+COPY = Op.COPY
+FILE = Kind.FILE
+
+
+class Copied(NamedTuple):
+    """Small files of one folder that one call of the compiled core copied: all done."""
+
+    actions: Sequence[Action]
+    sizes: list[int]
 
 
 class Applier:
@@ -33,10 +49,16 @@ class Applier:
         self.options = options
         self.owner = bool(options.owner)
         self.on_bytes = on_bytes
-        self.files = FileCopier(self.src, self.owner, Copier(dst_root, options.sparse), on_bytes, self.place)
+        self.copier = Copier(dst_root, options.sparse)
+        self.files = FileCopier(self.src, self.owner, self.copier, on_bytes, self.place)
         self.scope = self.files.scope = scope_of(options)  # -X, -A
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run or mode is Mode.CHECK  # check: every action is a difference
+        # Files below this size the compiled core may copy: neither a task of their own nor
+        # asked for holes
+        self.small = SPARSE_MIN if self.copier.sparse else BIG_FILE
+        self.batched = (core.copy_files is not None and not self.dry_run and self.scope is None
+                        and type(self.src) is LocalTree)  # a remote SRC brings its own copier
         self.keeps_folders = mode is Mode.COPY
         self.full: OSError | None = None   # the first ENOSPC, EDQUOT or EROFS met in DST
         self.handlers: dict[Op, Callable[[Action], int]] = {
@@ -65,6 +87,64 @@ class Applier:
                 self.full = error
             return Outcome.failed(action, error)
         return Outcome.done(action, nbytes)
+
+    def apply_all(self, actions: Sequence[Action]) -> Iterator[Outcome | Copied]:
+        """Every action's outcome, in order: the small files of one folder in one call of the
+        compiled core (a Copied), everything else, and every file it declines, by `apply`."""
+        if not self.batched:
+            return map(self.apply, actions)
+        return self.apply_batched(actions)
+
+    def apply_batched(self, actions: Sequence[Action]) -> Iterator[Outcome | Copied]:
+        start = 0
+        while start < len(actions):
+            stop = self.small_files(actions, start)
+            if stop == start:
+                yield self.apply(actions[start])
+                start += 1
+                continue
+            run = actions[start:stop]
+            parent = split(run[0].path)[0]
+            try:
+                src_fd, dst_fd = self.src.folder(parent), self.dst.get(parent)
+            except OSError:  # the pure code meets it again and records it, file by file
+                yield from map(self.apply, run)
+                start = stop
+                continue
+            copier = self.copier
+            method = Ladder.CLONE if copier.clone else Ladder.LOOP if copier.loop else Ladder.RANGE
+            sizes = core.copy_files(src_fd, dst_fd, run, self.facts_of(parent), self.owner, method,
+                                    self.files.temps.anonymous)
+            declined = sizes[-1] < 0  # undone: the pure code redoes it, and decides what failed
+            if declined:
+                sizes.pop()
+            if sizes:
+                self.on_bytes(sum(sizes))
+                yield Copied(run[:len(sizes)], sizes)
+            start += len(sizes)
+            if declined:
+                yield self.apply(actions[start])
+                start += 1
+
+    def small_files(self, actions: Sequence[Action], start: int) -> int:
+        """Where the run of small files of one folder from `start` that the compiled core may
+        copy ends (BATCH_FILES, BATCH_BYTES at most); `start` if there is none."""
+        if self.full is not None or self.files.copy_bytes is not self.copier:
+            return start
+        stop, nbytes, limit, parent = start, 0, self.small, None
+        for action in islice(actions, start, start + BATCH_FILES):
+            src, dst = action.src, action.dst
+            if (action.op is not COPY or src.size >= limit or nbytes >= BATCH_BYTES
+                    or (dst is not None and dst.kind is not FILE)):
+                break
+            folder = action.path.rpartition(b"/")[0]
+            if parent is None:
+                parent = folder
+            elif folder != parent:
+                break
+            nbytes += src.size
+            stop += 1
+        return stop
 
     def predict(self, action: Action) -> Outcome:
         """A dry run's outcome: done, unless the real run would meet a non-empty folder in the

@@ -1,7 +1,7 @@
 """Folder tasks: plan folders from both complete listings and do their small work at once."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Op, Outcome, Problem, Status
@@ -66,7 +66,9 @@ def replaces_folder(action: Action) -> bool:
 
 
 def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Outcome],
-                finished: Callable[[Outcome], None]) -> FolderResult:
+                apply_all: Callable[[Sequence[Action]], Iterable], finished: Callable[[object], None]) -> FolderResult:
+    """Run a folder task; `apply_all` does its small files (after every folder is planned)
+    and `finished` hears every outcome either gives."""
     findings = Findings()
     planner.src.prefetch(folders=[folder.src.path for folder in task.folders])
     copies: list[Action] = []
@@ -75,8 +77,8 @@ def run_folders(task: FolderTask, planner: Planner, apply: Callable[[Action], Ou
     if copies:  # after every march of the task: a remote SRC asks for them all at once, and
         # its pipe does not run dry between two folders (one round trip each)
         planner.src.prefetch(files=[action.src for action in copies])
-        for action in copies:
-            finished(apply(action))
+        for outcome in apply_all(copies):
+            finished(outcome)
     return findings.result()
 
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from ..model import Mode, Op, Outcome, Status
+from ..model import Action, Mode, Op, Outcome, Status
 from ..options import Options
 from ..plan.march import Planner
 from ..plan.tree import LocalTree, SourceTree
-from .apply import Applier
+from .apply import Applier, Copied
 from .folders import FolderTask, run_folders
 from .messages import Batch, Done, WorkerReport
 
@@ -50,12 +50,15 @@ class Worker:
         self.emit, self.task_id, self.last_report = emit, task.id, time.monotonic()
         result = None
         if isinstance(task, FolderTask):
-            result = run_folders(task, self.planner, self.applier.apply, self.finish)
+            result = run_folders(task, self.planner, self.applier.apply, self.applier.apply_all, self.finish)
         else:
             self.planner.src.prefetch(files=[action.src for action in task.actions if action.op is COPY])
-            for action in task.actions:
-                self.finish(self.applier.apply(action))
+            self.finish_all(task.actions)
         self.report(final=True, result=result)
+
+    def finish_all(self, actions: Sequence[Action]) -> None:
+        for outcome in self.applier.apply_all(actions):
+            self.finish(outcome)
 
     def flush(self) -> None:
         """Report what finished so far: a stopped task's entries in place are counted too."""
@@ -73,8 +76,11 @@ class Worker:
         if time.monotonic() - self.last_report >= REPORT_EVERY_S:
             self.report(final=False)
 
-    def finish(self, outcome: Outcome) -> None:
-        if outcome.status is DONE:  # light: a failure keeps its whole action, to be retried
+    def finish(self, outcome: Outcome | Copied) -> None:
+        if type(outcome) is Copied:  # a folder's small files, copied in one call
+            self.done.extend([(COPY, action.path, action.reason, nbytes)
+                              for action, nbytes in zip(outcome.actions, outcome.sizes)])
+        elif outcome.status is DONE:  # light: a failure keeps its whole action, to be retried
             action = outcome.action
             self.done.append((action.op, action.path, action.reason, outcome.nbytes))
         else:
