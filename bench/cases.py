@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import memory, trees
 from .fusefs import Mount, fuse_missing
-from .runner import CaseResult, Measurement, SkipCase, Target, Trash, slug, timed_run
-from .tools import (COPYTREE, CP, REPO_ROOT, RSYNC, TAR, Tool, mirror_missing, mirror_tool,
-                    rsync_missing, tool_env)
+from .runner import CaseResult, Measurement, SkipCase, Target, Trash, finish, slug, start, timed_run
+from .tools import COPYTREE, CP, RSYNC, TAR, Tool, mirror_missing, mirror_tool, rsync_missing
 
 SLOW_DELAY = 0.002          # seconds added to every lookup/getattr, open and create
 
@@ -47,6 +45,7 @@ class Case:
         self.spec = ctx.specs[tree]
         self.src = Path()
         self.dst_root = ctx.data / "dst" / name
+        self.trash = ctx.trash                # where this case's copies go (same filesystem)
 
     def contenders(self) -> list[Tool]:
         return self.tools
@@ -68,18 +67,22 @@ class Case:
         return self._targets
 
     def setup(self, tools: list[Tool]) -> None:
-        self.src = trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
+        self.src = self.make_source()
         self.dst_root.mkdir(parents=True, exist_ok=True)
         if self.ctx.warmup:
             trees.warm(self.src)
+
+    def make_source(self) -> Path:
+        """SRC: the case's tree, built once under the data folder and reused."""
+        return trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
 
     def before_round(self, rnd: int) -> None:
         pass
 
     def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
         dst = self.dst_root / f"{slug(tool.label)}-r{rnd}"
-        self.ctx.trash.move(dst)                       # left by an interrupted run
-        self.ctx.trash.ensure_free(self.spec.approx_bytes())
+        self.trash.move(dst)                           # left by an interrupted run
+        self.trash.ensure_free(self.spec.approx_bytes())
         return self.src, dst
 
     def run(self, tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
@@ -93,7 +96,7 @@ class Case:
         return None if want == got else f"(files, folders, bytes) {got} != source {want}"
 
     def after(self, tool: Tool, rnd: int, dst: Path) -> None:
-        self.ctx.trash.move(dst, self.spec.files)
+        self.trash.move(dst, self.spec.files)
 
     def teardown(self, result: CaseResult) -> None:
         pass
@@ -106,12 +109,10 @@ class UpToDate(Case):
         super().setup(tools)
         for tool in tools:
             dst = self.synced_dst(tool)
-            self.ctx.trash.move(dst, self.spec.files)
-            done = subprocess.run(tool.argv(self.src, dst), env=tool_env(), cwd=REPO_ROOT,
-                                  capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SkipCase(f"preparing the up-to-date DST with {tool.label} failed: "
-                               f"{done.stderr.strip()[-300:]}")
+            self.trash.move(dst, self.spec.files)
+            code, error = finish(start(tool, self.src, dst))       # BENCH_TIMEOUT applies
+            if code != 0:
+                raise SkipCase(f"preparing the up-to-date DST with {tool.label} failed: {error}")
 
     def synced_dst(self, tool: Tool) -> Path:
         return self.dst_root / f"{slug(tool.label)}-synced"
@@ -124,7 +125,7 @@ class UpToDate(Case):
 
     def teardown(self, result: CaseResult) -> None:
         for tool in self.tools:
-            self.ctx.trash.move(self.synced_dst(tool), self.spec.files)
+            self.trash.move(self.synced_dst(tool), self.spec.files)
 
 
 class Touch(UpToDate):
