@@ -285,9 +285,11 @@ class Memory(Case):
     metric = "peak_pss_mb"
 
     def __init__(self, ctx: Context, name: str, description: str,
-                 tools_trees: list[tuple[Tool, str]], targets: list[Target]) -> None:
+                 tools_trees: list[tuple[Tool, str]], targets: list[Target],
+                 pairs: list[tuple[str, str]] | None = None) -> None:
         super().__init__(ctx, name, description, tools_trees[-1][1],
-                         [tool for tool, _tree in tools_trees], targets, pairs=[], rounds=1)
+                         [tool for tool, _tree in tools_trees], targets, pairs=pairs or [],
+                         rounds=1)
         self.tree_of = {tool.label: ctx.specs[tree] for tool, tree in tools_trees}
         self.src_of: dict[str, Path] = {}
 
@@ -319,7 +321,7 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     update = mirror_tool(ctx.mirror_jobs, ctx.update_command, label="mirror")
     anchors = [CP, RSYNC, TAR, COPYTREE]
     small, large, slow = specs["small"], specs["large"], specs["slowfs"]
-    few, many = specs["empty100k"], specs["empty1m"]
+    few, many, flat = specs["empty100k"], specs["empty1m"], specs["empty1m-flat"]
     big = specs["bigdir"]
     sync = mirror_tool(ctx.mirror_jobs, "sync", label="mirror sync")
 
@@ -333,9 +335,10 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     jobs = [mirror_tool(n, "copy") for n in (1, 2, 4, 8)]
     jobs_pairs = [(tool.label, "mirror -j1") for tool in jobs[1:]]
     slow_jobs = [mirror_tool(n, "copy") for n in (1, 4, 16, 32)]
-    mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}"), key)
-                 for key, spec in (("empty100k", few), ("empty1m", many))]
-    lo, hi = (tool.label for tool, _key in mem_tools)
+    mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}{suffix}"), key)
+                 for key, spec, suffix in (("empty100k", few, ""), ("empty1m", many, ""),
+                                           ("empty1m-flat", flat, " flat"))]
+    lo, hi, hi_flat = (tool.label for tool, _key in mem_tools)
     big_text = f"{tree_text(big)} in one folder"
     from .remote import remote_cases        # here: bench.remote and bench.sparse build on Case
     from .sparse import sparse_cases        # from this module
@@ -366,9 +369,12 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
                            Target("mirror -j32", "mirror -j16", 1.0, "-j32 not slower than -j16")],
                           rounds=3)],
         "memory": [Memory(ctx, "memory", f"peak PSS (MiB) of all mirror processes, "
-                          f"{few.files:,} and {many.files:,} empty files", mem_tools,
+                          f"{few.files:,} and {many.files:,} empty files in {many.folders:,} "
+                          f"folders, {flat.files:,} in one folder (flat)", mem_tools,
                           [Target(hi, None, 200.0, f"{hi}: total peak PSS <= 200 MB"),
-                           Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}")])],
+                           Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}"),
+                           Target(hi_flat, None, 200.0, f"{hi_flat}: total peak PSS <= 200 MB")],
+                          pairs=[(hi_flat, hi)])],
         "bigdir": [LoopCase(ctx, "bigdir", f"first copy, {big_text}", "bigdir", [mirror, CP, RSYNC],
                             [Target("mirror", "cp -a", 1.0, "mirror <= 1.0 x cp -a")])],
         "bigdir-noop": [LoopUpToDate(ctx, "bigdir-noop", f"up-to-date DST, {big_text}", "bigdir",
