@@ -10,9 +10,11 @@ from pathlib import Path
 
 from . import memory, trees
 from .fusefs import Mount, fuse_missing
-from .runner import CaseResult, Measurement, SkipCase, Target, Trash, slug, timed_run
-from .tools import (COPYTREE, CP, REPO_ROOT, RSYNC, TAR, Tool, mirror_missing, mirror_tool,
-                    rsync_missing, tool_env)
+from .loopfs import LoopFs
+from .runner import (GIB, CaseResult, Measurement, SkipCase, Target, Trash, finish, slug, start,
+                     timed_run)
+from .tools import (COPYTREE, CP, RSYNC, RSYNC_DELETE, TAR, Tool, mirror_missing, mirror_tool,
+                    rsync_missing)
 
 SLOW_DELAY = 0.002          # seconds added to every lookup/getattr, open and create
 
@@ -47,6 +49,7 @@ class Case:
         self.spec = ctx.specs[tree]
         self.src = Path()
         self.dst_root = ctx.data / "dst" / name
+        self.trash = ctx.trash                # where this case's copies go (same filesystem)
 
     def contenders(self) -> list[Tool]:
         return self.tools
@@ -54,7 +57,7 @@ class Case:
     def unavailable(self, tool: Tool) -> str | None:
         if tool.is_mirror:
             return mirror_missing()
-        if tool is RSYNC:
+        if tool in (RSYNC, RSYNC_DELETE):
             return rsync_missing()
         return None
 
@@ -68,18 +71,22 @@ class Case:
         return self._targets
 
     def setup(self, tools: list[Tool]) -> None:
-        self.src = trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
+        self.src = self.make_source()
         self.dst_root.mkdir(parents=True, exist_ok=True)
         if self.ctx.warmup:
             trees.warm(self.src)
+
+    def make_source(self) -> Path:
+        """SRC: the case's tree, built once under the data folder and reused."""
+        return trees.build_tree(self.spec, self.ctx.data, self.ctx.trash.move)
 
     def before_round(self, rnd: int) -> None:
         pass
 
     def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
         dst = self.dst_root / f"{slug(tool.label)}-r{rnd}"
-        self.ctx.trash.move(dst)                       # left by an interrupted run
-        self.ctx.trash.ensure_free(self.spec.approx_bytes())
+        self.trash.move(dst)                           # left by an interrupted run
+        self.trash.ensure_free(self.spec.approx_bytes())
         return self.src, dst
 
     def run(self, tool: Tool, src: Path, dst: Path, rnd: int) -> Measurement:
@@ -93,7 +100,7 @@ class Case:
         return None if want == got else f"(files, folders, bytes) {got} != source {want}"
 
     def after(self, tool: Tool, rnd: int, dst: Path) -> None:
-        self.ctx.trash.move(dst, self.spec.files)
+        self.trash.move(dst, self.spec.files)
 
     def teardown(self, result: CaseResult) -> None:
         pass
@@ -106,12 +113,10 @@ class UpToDate(Case):
         super().setup(tools)
         for tool in tools:
             dst = self.synced_dst(tool)
-            self.ctx.trash.move(dst, self.spec.files)
-            done = subprocess.run(tool.argv(self.src, dst), env=tool_env(), cwd=REPO_ROOT,
-                                  capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SkipCase(f"preparing the up-to-date DST with {tool.label} failed: "
-                               f"{done.stderr.strip()[-300:]}")
+            self.trash.move(dst, self.spec.files)
+            code, error = finish(start(tool, self.src, dst))       # BENCH_TIMEOUT applies
+            if code != 0:
+                raise SkipCase(f"preparing the up-to-date DST with {tool.label} failed: {error}")
 
     def synced_dst(self, tool: Tool) -> Path:
         return self.dst_root / f"{slug(tool.label)}-synced"
@@ -124,7 +129,7 @@ class UpToDate(Case):
 
     def teardown(self, result: CaseResult) -> None:
         for tool in self.tools:
-            self.ctx.trash.move(self.synced_dst(tool), self.spec.files)
+            self.trash.move(self.synced_dst(tool), self.spec.files)
 
 
 class Touch(UpToDate):
@@ -148,6 +153,80 @@ class Touch(UpToDate):
         if hasattr(self, "rewriter"):
             self.rewriter.restore()
         super().teardown(result)
+
+
+class OnLoopFs:
+    """Put before a Case class: SRC, every copy and the trash on a fresh ext4 of the case's own
+    (bench/loopfs.py), SRC an untimed `cp -a` of the tree cached under the data folder; the
+    filesystem goes at the end with all on it, so nothing is deleted file by file. Without a
+    loop mount (not root, no loop device), the same in a plain folder of the data folder."""
+
+    fs: LoopFs | None = None
+
+    def make_source(self) -> Path:
+        self.cached = super().make_source()
+        self.loop_notes: list[str] = []
+        copies = 1 + len(self.tools) * 6            # SRC, then 5 rounds and a synced DST per tool
+        room = shutil.disk_usage(self.ctx.data).free - 16 * GIB  # the image only takes what is written
+        self.fs = LoopFs(self.ctx.data, self.name, min(self.spec.approx_bytes() * copies + GIB, room),
+                         self.spec.files * copies + 10**4)
+        if self.fs.mounted:
+            root = self.fs.root
+            self.trash = Trash(root / "trash", margin=256 * trees.MIB)
+            self.loop_notes.append("SRC and DST on a fresh ext4 (no journal) loop-mounted for the "
+                                   "case, SRC an untimed cp -a of the cached tree")
+        else:
+            root = self.ctx.data / "unmounted" / self.name
+            self.loop_notes.append(f"not on a fresh loop filesystem: {self.fs.problem}")
+        self.dst_root = root / "dst"
+        src = root / "src"
+        self.trash.move(src)                        # left by an interrupted run
+        self.fill(src)
+        return src
+
+    def fill(self, src: Path) -> None:
+        clone(self.cached, src)
+
+    def teardown(self, result: CaseResult) -> None:
+        super().teardown(result)
+        result.notes.extend(getattr(self, "loop_notes", []))
+        if self.fs is not None:
+            if not self.fs.mounted:
+                self.trash.move(self.src, self.spec.files)
+            self.fs.close()
+
+
+def clone(src: Path, dst: Path) -> None:
+    """dst becomes a `cp -a` copy of src (untimed preparation); SkipCase when that fails."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(CP.argv(src, dst), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SkipCase(f"copying {src} to {dst} with cp -a failed: {done.stderr.strip()[-300:]}")
+
+
+class LoopCase(OnLoopFs, Case):
+    """First copy into a fresh DST per tool and round, on a fresh ext4."""
+
+
+class LoopUpToDate(OnLoopFs, UpToDate):
+    """Re-runs into an up-to-date DST (each tool's own, synced once by it), on a fresh ext4."""
+
+
+class Pruned(OnLoopFs, Case):
+    """sync after a fixed half of SRC's files went: SRC holds the other half, and before every
+    run DST becomes a full copy of the tree again (`cp -a` of the cached tree, untimed, into a
+    new folder), so each tool and round deletes the same files from the same state."""
+
+    def fill(self, src: Path) -> None:
+        gone = set(trees.pick(self.spec, 0.5, salt=2))
+        trees.copy_files(self.cached, src, [rel for index, rel in trees.iter_relpaths(self.spec)
+                                            if index not in gone])
+        self.description += f" ({len(gone):,} deleted)"
+
+    def prepare(self, tool: Tool, rnd: int) -> tuple[Path, Path]:
+        src, dst = super().prepare(tool, rnd)
+        clone(self.cached, dst)
+        return src, dst
 
 
 class SlowFs(Case):
@@ -206,9 +285,11 @@ class Memory(Case):
     metric = "peak_pss_mb"
 
     def __init__(self, ctx: Context, name: str, description: str,
-                 tools_trees: list[tuple[Tool, str]], targets: list[Target]) -> None:
+                 tools_trees: list[tuple[Tool, str]], targets: list[Target],
+                 pairs: list[tuple[str, str]] | None = None) -> None:
         super().__init__(ctx, name, description, tools_trees[-1][1],
-                         [tool for tool, _tree in tools_trees], targets, pairs=[], rounds=1)
+                         [tool for tool, _tree in tools_trees], targets, pairs=pairs or [],
+                         rounds=1)
         self.tree_of = {tool.label: ctx.specs[tree] for tool, tree in tools_trees}
         self.src_of: dict[str, Path] = {}
 
@@ -240,7 +321,9 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     update = mirror_tool(ctx.mirror_jobs, ctx.update_command, label="mirror")
     anchors = [CP, RSYNC, TAR, COPYTREE]
     small, large, slow = specs["small"], specs["large"], specs["slowfs"]
-    few, many = specs["empty100k"], specs["empty1m"]
+    few, many, flat = specs["empty100k"], specs["empty1m"], specs["empty1m-flat"]
+    big = specs["bigdir"]
+    sync = mirror_tool(ctx.mirror_jobs, "sync", label="mirror sync")
 
     def tree_text(spec: trees.TreeSpec) -> str:
         unit, scale = ("MiB", trees.MIB) if spec.min_size >= trees.MIB else ("KiB", trees.KIB)
@@ -252,9 +335,11 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     jobs = [mirror_tool(n, "copy") for n in (1, 2, 4, 8)]
     jobs_pairs = [(tool.label, "mirror -j1") for tool in jobs[1:]]
     slow_jobs = [mirror_tool(n, "copy") for n in (1, 4, 16, 32)]
-    mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}"), key)
-                 for key, spec in (("empty100k", few), ("empty1m", many))]
-    lo, hi = (tool.label for tool, _key in mem_tools)
+    mem_tools = [(mirror_tool(ctx.mirror_jobs, "copy", f"mirror {_count(spec.files)}{suffix}"), key)
+                 for key, spec, suffix in (("empty100k", few, ""), ("empty1m", many, ""),
+                                           ("empty1m-flat", flat, " flat"))]
+    lo, hi, hi_flat = (tool.label for tool, _key in mem_tools)
+    big_text = f"{tree_text(big)} in one folder"
     from .remote import remote_cases        # here: bench.remote and bench.sparse build on Case
     from .sparse import sparse_cases        # from this module
     return {
@@ -284,16 +369,27 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
                            Target("mirror -j32", "mirror -j16", 1.0, "-j32 not slower than -j16")],
                           rounds=3)],
         "memory": [Memory(ctx, "memory", f"peak PSS (MiB) of all mirror processes, "
-                          f"{few.files:,} and {many.files:,} empty files", mem_tools,
+                          f"{few.files:,} and {many.files:,} empty files in {many.folders:,} "
+                          f"folders, {flat.files:,} in one folder (flat)", mem_tools,
                           [Target(hi, None, 200.0, f"{hi}: total peak PSS <= 200 MB"),
-                           Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}")])],
+                           Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}"),
+                           Target(hi_flat, None, 200.0, f"{hi_flat}: total peak PSS <= 200 MB")],
+                          pairs=[(hi_flat, hi)])],
+        "bigdir": [LoopCase(ctx, "bigdir", f"first copy, {big_text}", "bigdir", [mirror, CP, RSYNC],
+                            [Target("mirror", "cp -a", 1.0, "mirror <= 1.0 x cp -a")])],
+        "bigdir-noop": [LoopUpToDate(ctx, "bigdir-noop", f"up-to-date DST, {big_text}", "bigdir",
+                                     [sync, RSYNC], [Target("mirror sync", "rsync -a", 0.8,
+                                                            "mirror sync <= 0.8 x rsync -a")])],
+        "bigdir-delete": [Pruned(ctx, "bigdir-delete", f"half of SRC deleted, DST a full copy, "
+                                 f"{big_text}", "bigdir", [sync, RSYNC_DELETE])],
         "sparse": sparse_cases(ctx),
         "remote": remote_cases(ctx),
         "mpi": mpi_cases(ctx),
     }
 
 
-CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse", "remote", "mpi")
+CASE_NAMES = ("small", "large", "noop", "touch1pct", "jobs", "slowfs", "memory", "sparse", "remote", "mpi",
+              "bigdir", "bigdir-noop", "bigdir-delete")
 
 
 # The mpi case: mirror on the ranks of an MPI job against the local Pool with as many workers.

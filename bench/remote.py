@@ -213,7 +213,6 @@ class RemoteCase(Case):
                          f"50 ms; mirror {'sync' if self.uptodate else 'copy'} -j{JOBS} vs rsync "
                          f"-a from a daemon", tree, tools, targets, pairs, rounds=3)
         self.fs: LoopFs | None = None
-        self.trash: Trash = ctx.trash
         self.logs = ctx.data / "logs" / self.name
         self.timeout = float(os.environ.get("BENCH_TIMEOUT", 120 if ctx.quick else 600))
 

@@ -92,8 +92,8 @@ class Trash:
     with the fewest files go first (deleting a few big files frees no inodes worth noting).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, margin: int = 16 * GIB) -> None:
+        self.root, self.margin = root, margin        # margin: free bytes ensure_free keeps
         self.root.mkdir(parents=True, exist_ok=True)
         self.entries: list[tuple[Path, int]] = []
         self._counter = 0
@@ -106,8 +106,9 @@ class Trash:
         os.rename(path, target)
         self.entries.append((target, files))
 
-    def ensure_free(self, needed: int, margin: int = 16 * GIB) -> None:
+    def ensure_free(self, needed: int, margin: int | None = None) -> None:
         """Delete trash (fewest files first) until `needed` + margin bytes are free."""
+        margin = self.margin if margin is None else margin
         for entry in sorted(self.entries, key=lambda e: e[1]):
             if shutil.disk_usage(self.root).free >= needed + margin:
                 return

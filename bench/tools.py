@@ -60,8 +60,10 @@ def _cp(src: Path, dst: Path) -> Argv:
     return ["cp", "-a", f"{src}/.", str(dst)]
 
 
-def _rsync(src: Path, dst: Path) -> Argv:
-    return ["rsync", "-a", f"{src}/", f"{dst}/"]
+def _rsync(*options: str) -> Callable[[Path, Path], Argv]:
+    def argv(src: Path, dst: Path) -> Argv:
+        return ["rsync", "-a", *options, f"{src}/", f"{dst}/"]
+    return argv
 
 
 def _tar(src: Path, dst: Path) -> Argv:
@@ -75,7 +77,8 @@ def _copytree(src: Path, dst: Path) -> Argv:
 
 
 CP = Tool("cp -a", _cp)
-RSYNC = Tool("rsync -a", _rsync)
+RSYNC = Tool("rsync -a", _rsync())
+RSYNC_DELETE = Tool("rsync -a --delete", _rsync("--delete"))
 TAR = Tool("tar | tar", _tar)
 COPYTREE = Tool("copytree", _copytree)
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ def tree_specs(quick: bool) -> dict[str, TreeSpec]:
             "slowfs": TreeSpec("slowfs", 32, 2, 16 * KIB, 16 * KIB),
             "empty100k": TreeSpec("empty", 2_000, 2, 0, 0),
             "empty1m": TreeSpec("empty", 20_000, 20, 0, 0),
+            "empty1m-flat": TreeSpec("empty", 20_000, 1, 0, 0),
+            "bigdir": TreeSpec("bigdir", 4_000, 1, 1 * KIB, 8 * KIB),
             "remote-files": TreeSpec("rfiles", 500, 10, 4 * KIB, 64 * KIB),
             "remote-big": TreeSpec("rbig", 2, 1, 16 * MIB, 16 * MIB),
         }
@@ -56,6 +59,8 @@ def tree_specs(quick: bool) -> dict[str, TreeSpec]:
         "slowfs": TreeSpec("slowfs", 1_000, 100, 16 * KIB, 16 * KIB),
         "empty100k": TreeSpec("empty", 100_000, 100, 0, 0),
         "empty1m": TreeSpec("empty", 1_000_000, 1_000, 0, 0),
+        "empty1m-flat": TreeSpec("empty", 1_000_000, 1, 0, 0),
+        "bigdir": TreeSpec("bigdir", 200_000, 1, 1 * KIB, 8 * KIB),
         "remote-files": TreeSpec("rfiles", 10_000, 100, 4 * KIB, 64 * KIB),
         "remote-big": TreeSpec("rbig", 2, 1, 256 * MIB, 256 * MIB),
     }
@@ -125,14 +130,20 @@ def build_tree(spec: TreeSpec, root: Path, trash_move) -> Path:
     return path
 
 
+def pick(spec: TreeSpec, fraction: float, salt: int) -> list[int]:
+    """A fixed, seeded choice of `fraction` of the tree's file indices (at least one), sorted;
+    another salt picks another set."""
+    count = max(1, int(spec.files * fraction))
+    return sorted(random.Random(spec.seed + salt).sample(range(spec.files), count))
+
+
 class Rewriter:
     """Rewrites a fixed 1% of a tree's files in place with alternating content and new mtimes."""
 
     def __init__(self, spec: TreeSpec, path: Path, fraction: float = 0.01) -> None:
         self.spec = spec
         self.path = path
-        count = max(1, int(spec.files * fraction))
-        self.indices = sorted(random.Random(spec.seed + 1).sample(range(spec.files), count))
+        self.indices = pick(spec, fraction, salt=1)
         self.version = 0
         self._pool = _pool(spec.seed)
         self._last_mtime = 0
@@ -155,6 +166,20 @@ class Rewriter:
         """Leave the tree with its original content (mtimes stay new)."""
         if self.version != 0:
             self.flip()
+
+
+def copy_files(src: Path, dst: Path, relpaths: list[str]) -> None:
+    """Copy only relpaths of src into dst, with their modes and mtimes; the folders they are in
+    get src's modes and mtimes too, set after their files."""
+    folders: set[str] = set()
+    for rel in relpaths:
+        folder = os.path.dirname(rel)
+        if folder not in folders:
+            (dst / folder).mkdir(parents=True, exist_ok=True)
+            folders.add(folder)
+        shutil.copy2(src / rel, dst / rel, follow_symlinks=False)
+    for folder in sorted(folders | {""}, key=len, reverse=True):
+        shutil.copystat(src / folder, dst / folder, follow_symlinks=False)
 
 
 def tree_summary(path: Path) -> tuple[int, int, int]:

@@ -129,10 +129,11 @@ class Action(NamedTuple):
         return self.src.size if self.op is Op.COPY and self.src else 0
 
 
-class Unchanged(Symbol):
-    """What the planner yields for a regular file the quick check found unchanged: no object to build."""
+class Unchanged(NamedTuple):
+    """What the planner yields for a folder's regular files the quick check found unchanged:
+    a count, no object each."""
 
-    FILE = "unchanged file"
+    files: int
 
 
 class Status(Symbol):

@@ -77,14 +77,14 @@ def test_every_private_name_the_pool_engine_uses_is_still_there():
 # Each process that lists a SRC folder notes its pid: which processes did the comparing.
 WHO_LISTS = """
 import os, sys, time
-from mirror.plan import tree
-notes, real = sys.argv.pop(1), tree.LocalTree.list
-def listed(self, rel):
+from mirror.plan import march
+notes, real = sys.argv.pop(1), march.Planner.listings
+def listed(self, *args):
     with open(notes, "a") as out:
         out.write(f"{os.getpid()}\\n")
     time.sleep(0.002)  # a slow store: the folders spread over every worker
-    return real(self, rel)
-tree.LocalTree.list = listed
+    return real(self, *args)
+march.Planner.listings = listed
 sys.argv[0] = "mirror"
 from mirror.ui.cli import main
 main()

@@ -25,18 +25,18 @@ def summary(result) -> dict:
 # process lists the folder (the master's workers are forked from it, so they have it too).
 AFTER_LISTING = """
 import os, sys
-from mirror.plan import tree
+from mirror.plan import march
 root, name, change = os.fsencode(sys.argv.pop(1)), os.fsencode(sys.argv.pop(1)), sys.argv.pop(1)
-real = tree.LocalTree.list
-def listed(self, rel):
-    listing = real(self, rel)
+real = march.Planner.listings
+def listed(self, rel, *args):
+    listing = real(self, rel, *args)  # (unchanged, SRC's listing, DST's)
     path = os.path.join(root, name)
-    if self.path == root and name in listing and os.path.lexists(path):
+    if self.src.path == root and rel == b"" and name in listing[1] and os.path.lexists(path):
         os.unlink(path)
         if change == "file":
             open(path, "wb").write(b"a file now")
     return listing
-tree.LocalTree.list = listed
+march.Planner.listings = listed
 sys.argv[0] = "mirror"
 from mirror.ui.cli import main
 main()

@@ -5,9 +5,8 @@ import os
 import stat
 from collections.abc import Callable
 
-from ..model import Entry, Kind, Op, Reason, Unchanged
+from ..model import Entry, Kind, Op, Reason
 
-UNCHANGED_FILE = Unchanged.FILE
 S_ISREG = stat.S_ISREG
 
 OP_FOR_KIND = {

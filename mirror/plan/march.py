@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Iterator
+from heapq import merge
 from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
 from ..options import Options
 from ..paths import is_temp_name, join, split
-from .compare import UNCHANGED_FILE, decide, meta_differs, same_file
+from . import scan
+from .compare import decide, meta_differs
 from .filters import Filter
 from .tree import LocalTree, SourceTree, as_tree
 from .. import xattrs
@@ -21,7 +24,32 @@ class LinkedFile(NamedTuple):
     dst: Entry | None
 
 
-Planned = Action | Problem | LinkedFile | Unchanged
+class Chunk(NamedTuple):
+    """A part of a big folder: its names on each side, joined by NUL (compact to hold and send)."""
+
+    src: bytes
+    dst: bytes
+
+
+class BigFolder(NamedTuple):
+    """A folder with too many entries for one task: planned in `chunks`, a task each; its own
+    metadata is planned once every chunk is done (ChunkDone)."""
+
+    src: Entry
+    dst: Entry | None
+    chunks: tuple[Chunk, ...]
+
+
+class ChunkDone(NamedTuple):
+    """A chunk of a big folder is planned; `changed`: it creates, replaces or removes names."""
+
+    path: bytes
+    changed: bool
+
+
+Planned = Action | Problem | LinkedFile | Unchanged | BigFolder | ChunkDone
+SPLIT_AT = 8192       # a folder with more entries than this on either side is split ...
+CHUNK_NAMES = 4096    # ... into chunks of this many names (of both sides together, at most)
 # Ops that create, replace or remove a name, and so change the mtime of the folder holding it.
 NAME_CHANGING = frozenset({Op.MKDIR, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.HARDLINK, Op.DELETE, Op.CLEANUP})
 DIR = Kind.DIR
@@ -45,12 +73,14 @@ class Planner:
         self.same_content = self._same_content if options.checksum else None
         self.scope = scope_of(options)  # -X, -A: attributes compared too
         # Without filters, --checksum, -H, -X or -A, an unchanged regular file is known from
-        # lstat alone.
+        # lstat alone (compare.same_file, done where the folders are listed): the owner
+        # compared too (True), or not (False); None: every entry is decided here.
         simple = not (self.filter or options.checksum or options.hard_links or self.scope)
-        self.quick_check = same_file if simple else None
+        self.quick_owner = bool(options.owner) if simple else None
         # (dev, ino) of a multiply-linked SRC file -> (its first path, DST's entry there if kept)
         self.links: dict[tuple[int, int], tuple[bytes, Entry | None]] = {}
         self.src_dev: int | None = None  # -x: SRC's filesystem; asked for when first needed
+        self.split_at: int | None = None  # workers split folders bigger than this (SPLIT_AT)
 
     def tops(self) -> tuple[Entry, Entry | None]:
         """The two roots as entries; DST's is None in a dry run into a DST not made yet."""
@@ -75,7 +105,9 @@ class Planner:
         self.dst.close()
 
     def march_folder(self, src_dir: Entry, dst_dir: Entry | None,
-                     stack: list[tuple[Entry, Entry | None]]) -> Iterator[Planned]:
+                     stack: list[tuple[Entry, Entry | None]], chunk: Chunk | None = None) -> Iterator[Planned]:
+        """Plan one folder, or one chunk of a big one (its metadata is then planned by whoever
+        gathers the ChunkDone of all its chunks); subfolders to plan next go on `stack`."""
         rel = src_dir.path
         if self.options.one_file_system and src_dir.dev != self.root_dev():
             # -x: a mount point inside SRC is created (rsync's way), its contents left alone on
@@ -83,20 +115,23 @@ class Planner:
             yield from self.plan_dir_meta(src_dir, dst_dir, False)
             return
         try:
-            src_listing = self.src.list(rel)
-            dst_listing = self.dst.list(rel) if dst_dir is not None else {}
+            listed = self.listings(rel, dst_dir is not None, chunk)
         except OSError as error:
             yield Problem(rel, Severity.ERROR, "cannot read folder", error)
+            if chunk is not None:
+                yield ChunkDone(rel, False)
             return
-        quick, owner = self.quick_check, bool(self.options.owner)
+        if len(listed) == 2:
+            yield BigFolder(src_dir, dst_dir, chunks_of(*listed))
+            return
+        unchanged, src_listing, dst_listing = listed
+        if unchanged:  # the common case of a re-run, decided without building entries
+            yield Unchanged(unchanged)
         changed = False
         subfolders = []
         for name in sorted(src_listing):
             src_st = src_listing[name]
             dst_st = dst_listing.pop(name, None)
-            if quick is not None and dst_st is not None and quick(src_st, dst_st, owner):
-                yield UNCHANGED_FILE  # the common case of a re-run, decided without building entries
-                continue
             try:
                 src = self.src.entry(rel, name, src_st)
                 dst = self.dst.entry(rel, name, dst_st) if dst_st is not None else None
@@ -140,7 +175,26 @@ class Planner:
                 yield planned
                 changed = True
         stack.extend(reversed(subfolders))
-        yield from self.plan_dir_meta(src_dir, dst_dir, changed)
+        if chunk is None:
+            yield from self.plan_dir_meta(src_dir, dst_dir, changed)
+        else:
+            yield ChunkDone(rel, changed)
+
+    def listings(self, rel: bytes, dst_there: bool, chunk: Chunk | None
+                 ) -> scan.Listed | tuple[list[bytes], list[bytes]]:
+        """Both sides' listings of folder `rel` (or of a chunk's names), the regular files the
+        quick check finds unchanged counted and left out; or, past split_at entries, the
+        names alone. Local trees are read by descriptors (the compiled core's loop, when built)."""
+        owner = self.quick_owner
+        src, dst = self.src, self.dst
+        if type(src) is LocalTree:
+            src_fd, dst_fd = src.folder(rel), dst.folder(rel) if dst_there else -1
+            if chunk is not None:
+                return scan.stat_pair(src_fd, dst_fd, names_of(chunk.src), names_of(chunk.dst), owner)
+            return scan.list_pair(src_fd, dst_fd, owner, self.split_at)
+        src_listing = src.list(rel)
+        dst_listing = dst.list(rel) if dst_there else {}
+        return scan.drop_unchanged(src_listing, dst_listing, owner), src_listing, dst_listing
 
     def decide_entry(self, name: bytes, src: Entry, dst: Entry | None) -> Planned | None:
         """What SRC's entry needs, or None when a folder's own listing decides its metadata."""
@@ -255,6 +309,33 @@ class Planner:
         """The Entries of DST's folder `rel` (those still there), by name."""
         listed = ((name, self.dst.entry(rel, name, st)) for name, st in self.dst.list(rel).items())
         return {name: item for name, item in listed if item is not None}
+
+
+def names_of(joined: bytes) -> list[bytes]:
+    return joined.split(b"\0") if joined else []
+
+
+def chunks_of(src_names: list[bytes], dst_names: list[bytes]) -> tuple[Chunk, ...]:
+    """A big folder's names cut into chunks of at most CHUNK_NAMES in name order, both sides at
+    the same names: a name both sides have is in one chunk, so each chunk's deletions are
+    decided from complete listings of its range."""
+    src_names.sort()
+    dst_names.sort()
+    cuts, count, last = [], 0, None
+    for name in merge(src_names, dst_names):  # a name on both sides comes twice, in a row
+        if name != last:
+            count += 1
+            if count > CHUNK_NAMES:
+                cuts.append(name)
+                count = 1
+            last = name
+    chunks, src_at, dst_at = [], 0, 0
+    for cut in cuts:
+        src_end, dst_end = bisect_left(src_names, cut, src_at), bisect_left(dst_names, cut, dst_at)
+        chunks.append(Chunk(b"\0".join(src_names[src_at:src_end]), b"\0".join(dst_names[dst_at:dst_end])))
+        src_at, dst_at = src_end, dst_end
+    chunks.append(Chunk(b"\0".join(src_names[src_at:]), b"\0".join(dst_names[dst_at:])))
+    return tuple(chunks)
 
 
 def plan(src: SourceTree | bytes, dst: LocalTree | bytes, mode: Mode, options: Options) -> Iterator[Planned]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
-from ..model import Action, Entry, Kind, Op, Outcome, Problem, Status
-from ..plan.compare import UNCHANGED_FILE
-from ..plan.march import LinkedFile, Planner
+import sys
+
+from ..model import Action, Entry, Kind, Op, Outcome, Problem, Status, Unchanged
+from ..plan.march import BigFolder, Chunk, ChunkDone, LinkedFile, Planner
 from .fastcopy import BIG_FILE
 
 INLINE_COPIES = 512       # past this, a huge flat folder's files are handed back for batching
@@ -20,6 +21,7 @@ class Folder(NamedTuple):
     dst: Entry | None       # None when DST has no folder there (yet)
     create: Action | None   # its MKDIR: done by the folder's own task, so that folders are
                             # created in parallel rather than one after another by their parent
+    chunk: Chunk | None = None  # a part of a big folder: only these names
 
 
 class FolderTask(NamedTuple):
@@ -38,6 +40,8 @@ class FolderResult(NamedTuple):
     handoff: tuple[Action, ...]        # big files and the excess of huge folders: batched by the master
     linked: tuple[LinkedFile, ...]     # -H candidates: decided by the master, which sees every path
     problems: tuple[Problem, ...]
+    splits: tuple[tuple[Entry, Entry | None, int], ...]  # big folders found: their chunk counts
+    chunks_done: tuple[ChunkDone, ...]
     skipped: int                       # regular files found unchanged
     files: int                         # regular files to copy (for the progress total)
     nbytes: int
@@ -52,12 +56,14 @@ class Findings:
         self.handoff: list[Action] = []
         self.linked: list[LinkedFile] = []
         self.problems: list[Problem] = []
+        self.splits: list[tuple[Entry, Entry | None, int]] = []
+        self.chunks_done: list[ChunkDone] = []
         self.skipped = self.files = self.nbytes = 0
 
     def result(self) -> FolderResult:
         return FolderResult(tuple(self.subfolders), tuple(self.later), tuple(self.handoff),
-                            tuple(self.linked), tuple(self.problems), self.skipped, self.files,
-                            self.nbytes)
+                            tuple(self.linked), tuple(self.problems), tuple(self.splits),
+                            tuple(self.chunks_done), self.skipped, self.files, self.nbytes)
 
 
 def replaces_folder(action: Action) -> bool:
@@ -94,9 +100,11 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
     subfolders: list[tuple[Entry, Entry | None]] = []
     creates: dict[bytes, Action] = {}
     inline_copies = 0
-    for item in planner.march_folder(folder.src, folder.dst, subfolders):
-        if item is UNCHANGED_FILE:
-            found.skipped += 1
+    # A chunk of a big folder is already a share of it: all its files are copied here.
+    most_inline = INLINE_COPIES if folder.chunk is None else sys.maxsize
+    for item in planner.march_folder(folder.src, folder.dst, subfolders, folder.chunk):
+        if type(item) is Unchanged:
+            found.skipped += item.files
         elif type(item) is Action and item.op is COPY:  # the common case first
             size = item.src.size
             found.files += 1
@@ -104,7 +112,7 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             inline_copies += 1
             if item.dst is not None and item.dst.kind is DIR:  # replaces_folder, inlined: per file
                 found.later.append(item)  # a folder in the way: replaced after the deletions
-            elif size >= BIG_FILE or inline_copies > INLINE_COPIES:
+            elif size >= BIG_FILE or inline_copies > most_inline:
                 found.handoff.append(item)
             else:
                 copies.append(item)
@@ -112,6 +120,11 @@ def run_folder(folder: Folder, planner: Planner, apply: Callable[[Action], Outco
             found.problems.append(item)
         elif isinstance(item, LinkedFile):
             found.linked.append(item)
+        elif type(item) is BigFolder:
+            found.splits.append((item.src, item.dst, len(item.chunks)))
+            found.subfolders.extend(Folder(item.src, item.dst, None, chunk) for chunk in item.chunks)
+        elif type(item) is ChunkDone:
+            found.chunks_done.append(item)
         elif item.op is Op.SKIP:
             found.skipped += item.src is not None and item.src.kind is Kind.FILE
         elif item.op is Op.MKDIR:

@@ -5,6 +5,7 @@ import errno
 import os
 
 from ..model import Outcome, Problem, Severity
+from ..plan.march import ChunkDone
 from ..paths import DirCache, is_temp_name, split
 from .copyfile import discard
 from .engine import Task
@@ -22,7 +23,8 @@ def failed_report(task: Task) -> WorkerReport:
         return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
     problems = tuple(Problem(folder.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
                      for folder in task.folders)
-    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), problems, 0, 0, 0))
+    chunks_done = tuple(ChunkDone(folder.src.path, False) for folder in task.folders if folder.chunk)
+    return WorkerReport(task.id, (), 0, True, FolderResult((), (), (), (), problems, (), chunks_done, 0, 0, 0))
 
 
 def sweep_temp_files(dst_root: bytes, tasks: list[Task]) -> None:

@@ -77,6 +77,8 @@ class Runner:
         self.notices = notices                 # found before the run (what DST cannot keep)
         self.walk = [0, 1]                     # folders listed, folders found
         self.folder_counts: dict[int, int] = {}  # folders in each folder task under way
+        # big folders split in chunks: path -> [chunks not done, any changed, SRC's, DST's entry]
+        self.splits: dict[bytes, list] = {}
         self.last_event = 0.0
 
     def run(self) -> Report:
@@ -226,6 +228,10 @@ class Runner:
         self.on_event(Walked(result.skipped + result.files, *self.walk))
         for problem in result.problems:
             self.notice(problem)
+        for src, dst, count in result.splits:
+            self.splits[src.path] = [count, False, src, dst]
+        for path, changed in result.chunks_done:
+            self.chunk_done(path, changed)
         for action in result.later:
             if action.op is Op.DELETE:
                 self.deletions.append(action)
@@ -235,6 +241,20 @@ class Runner:
                 self.replacements.append(action)
         self.add_to_batches(result.handoff)
         self.add_to_batches(self.decide_linked(result.linked))
+
+    def chunk_done(self, path: bytes, changed: bool) -> None:
+        """Once every chunk of a big folder is planned, the folder's own metadata is."""
+        split = self.splits[path]
+        split[0] -= 1
+        split[1] = split[1] or changed
+        if split[0]:
+            return
+        del self.splits[path]
+        for planned in self.planner.plan_dir_meta(split[2], split[3], split[1]):
+            if isinstance(planned, Problem):
+                self.notice(planned)
+            else:
+                self.dir_metas.append(planned)
 
     def decide_linked(self, linked) -> list[Action]:
         actions = []

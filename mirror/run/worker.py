@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from ..model import Action, Mode, Op, Outcome, Status
 from ..options import Options
-from ..plan.march import Planner
+from ..plan.march import SPLIT_AT, Planner
 from ..plan.tree import LocalTree, SourceTree
 from .apply import Applier, Copied
 from .folders import FolderTask, run_folders
@@ -37,6 +37,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.applier = Applier(spec.src, spec.dst, spec.mode, spec.options, on_bytes=self.count_bytes)
         self.planner = Planner(spec.src, LocalTree(spec.dst), spec.mode, spec.options)
+        self.planner.split_at = SPLIT_AT  # a big folder comes back in chunks, a task each
         spec.src.prefetch()  # a remote tree connects now, while the master still starts up
         self.emit: Emit = lambda report: None
         self.task_id = -1
