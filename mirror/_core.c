@@ -1,6 +1,8 @@
 /* mirror._core: mirror's per-folder loops in C, with the pure-Python code as their reference.
  *
- * copy_files copies a batch of small files of one SRC folder into one DST folder with their
+ * list_pair and stat_pair list a folder pair by descriptors as plan/scan.py's functions of
+ * those names do, and leave out the regular files the quick check finds unchanged before any
+ * Python object is made for them. copy_files copies a batch of small files of one SRC folder into one DST folder with their
  * metadata, exactly as run/copyfile.py's FileCopier does for each (descriptor-relative,
  * O_NOFOLLOW, an O_TMPFILE inode linked under a new name or an O_EXCL temporary name renamed
  * over an old one, the bytes moved by the ladder's method for DST's filesystem, metadata on
@@ -13,14 +15,17 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef FICLONE
@@ -330,6 +335,427 @@ static long long copy_one(batch_t *batch, const item_t *item)
     return error ? error : item->size;
 }
 
+/* ---- Listing a folder pair: scan.list_pair and scan.stat_pair ---- */
+
+#define PROBE_STATS 4          /* scan.PROBE_STATS: lstat calls timed at a folder's start */
+
+typedef struct {               /* one entry's lstat, as a listing keeps it */
+    size_t name, length;       /* its name: an offset into its side's `names` */
+    int dropped;               /* an unchanged regular file: in neither listing */
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    long long size, atime_ns, mtime_ns, ctime_ns;
+    unsigned long long ino, dev, nlink, rdev;
+} record_t;
+
+typedef struct {               /* one side of a folder pair, listed without the GIL */
+    record_t *records;
+    size_t count, room;
+    char *names;               /* every name, NUL-terminated, one after the other */
+    size_t used, space;
+    int error;                 /* the errno that ends the listing, 0 if none */
+    long long failed;          /* the record it was met at, -1: the folder itself */
+    int slow;                  /* the probe found a slow (remote) store */
+    int only_names;            /* more than `most` entries: names alone */
+} side_t;
+
+static long long nanoseconds(struct timespec at)
+{
+    return at.tv_sec * 1000000000LL + at.tv_nsec;
+}
+
+/* A new record for `name`; -1 (side->error ENOMEM) if there is no memory. */
+static int add_name(side_t *side, const char *name, size_t length)
+{
+    if (side->count == side->room) {
+        size_t room = side->room ? side->room * 2 : 64;
+        record_t *records = realloc(side->records, room * sizeof *records);
+        if (!records)
+            return side->error = ENOMEM, -1;
+        side->records = records;
+        side->room = room;
+    }
+    if (side->used + length + 1 > side->space) {
+        size_t space = (side->space ? side->space * 2 : 4096) + length + 1;
+        char *names = realloc(side->names, space);
+        if (!names)
+            return side->error = ENOMEM, -1;
+        side->names = names;
+        side->space = space;
+    }
+    record_t *record = &side->records[side->count++];
+    memset(record, 0, sizeof *record);
+    record->name = side->used;
+    record->length = length;
+    memcpy(side->names + side->used, name, length);
+    side->names[side->used + length] = '\0';
+    side->used += length + 1;
+    return 0;
+}
+
+/* lstat the last record; a name gone since it was listed is forgotten (as if never listed). */
+static void stat_last(side_t *side, int dir_fd)
+{
+    record_t *record = &side->records[side->count - 1];
+    struct stat st;
+    if (RETRY(fstatat(dir_fd, side->names + record->name, &st, AT_SYMLINK_NOFOLLOW)) < 0) {
+        if (errno == ENOENT) {
+            side->used = record->name;
+            side->count--;
+        } else {
+            side->error = errno;
+            side->failed = (long long)side->count - 1;
+        }
+        return;
+    }
+    record->mode = st.st_mode;
+    record->uid = st.st_uid;
+    record->gid = st.st_gid;
+    record->size = st.st_size;
+    record->atime_ns = nanoseconds(st.st_atim);
+    record->mtime_ns = nanoseconds(st.st_mtim);
+    record->ctime_ns = nanoseconds(st.st_ctim);
+    record->ino = st.st_ino;
+    record->dev = st.st_dev;
+    record->nlink = st.st_nlink;
+    record->rdev = st.st_rdev;
+}
+
+/* Times the first PROBE_STATS lstat calls of a side, as scan.list_fd does. */
+typedef struct {
+    struct timespec started;
+    long long spent_ns, slow_ns;
+    int probed;
+} probe_t;
+
+static void stat_probed(side_t *side, int dir_fd, probe_t *probe)
+{
+    if (probe->probed >= PROBE_STATS) {
+        stat_last(side, dir_fd);
+        return;
+    }
+    struct timespec started, ended;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    stat_last(side, dir_fd);
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    probe->spent_ns += nanoseconds(ended) - nanoseconds(started);
+    probe->probed++;
+}
+
+static int probe_says_slow(const probe_t *probe)
+{
+    return probe->probed && probe->spent_ns > probe->probed * probe->slow_ns;
+}
+
+/* scan.list_fd: every entry of the folder `dir_fd` with its lstat; past `most` entries (-1: no
+ * limit) the names alone; a slow probe stops it (side->slow). */
+static void list_side(side_t *side, int dir_fd, long long most, long long slow_ns)
+{
+    probe_t probe = {.slow_ns = slow_ns};
+    side->failed = -1;
+    int fd = fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);  /* closedir closes it, not the caller's */
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir) {
+        side->error = errno;
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    rewinddir(dir);
+    for (;;) {
+        errno = 0;
+        struct dirent *item = readdir(dir);
+        if (!item) {
+            if (errno == EINTR)
+                continue;
+            side->error = errno;
+            break;
+        }
+        const char *name = item->d_name;
+        if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
+            continue;
+        if (add_name(side, name, strlen(name)) < 0)
+            break;
+        if (most >= 0 && (long long)side->count > most)
+            side->only_names = 1;
+        if (!side->only_names)
+            stat_probed(side, dir_fd, &probe);
+        if (side->error)
+            break;
+        if (probe.probed == PROBE_STATS && probe_says_slow(&probe)) {
+            side->slow = 1;
+            break;
+        }
+    }
+    if (probe_says_slow(&probe))
+        side->slow = 1;
+    rewinddir(dir);  /* the caller's descriptor shares the position: left at the start, as */
+    closedir(dir);   /* os.scandir leaves it */
+}
+
+/* scan.stat_names: lstat the names already in `side`, dropping those gone. */
+static void stat_side(side_t *side, int dir_fd, long long slow_ns)
+{
+    probe_t probe = {.slow_ns = slow_ns};
+    side_t listed = *side;  /* the names, stat'ed one by one into place */
+    side->failed = -1;
+    side->count = 0;
+    for (size_t i = 0; i < listed.count && !side->error && !side->slow; i++) {
+        side->records[side->count++] = listed.records[i];
+        size_t used = side->used;
+        stat_probed(side, dir_fd, &probe);
+        side->used = used;  /* the names stay where they are: only records move */
+        if (probe.probed == PROBE_STATS && probe_says_slow(&probe))
+            side->slow = 1;
+    }
+    if (probe_says_slow(&probe))
+        side->slow = 1;
+}
+
+static int compare_names(const void *left, const void *right, void *names)
+{
+    const record_t *one = left, *other = right;
+    size_t length = one->length < other->length ? one->length : other->length;
+    int order = memcmp((char *)names + one->name, (char *)names + other->name, length);
+    return order ? order : (one->length > other->length) - (one->length < other->length);
+}
+
+/* compare.same_file on both sides' records, in name order: the unchanged ones are dropped. */
+static long long drop_unchanged(side_t *src, side_t *dst, int owner)
+{
+    long long unchanged = 0;
+    size_t i = 0, j = 0;
+    qsort_r(src->records, src->count, sizeof *src->records, compare_names, src->names);
+    qsort_r(dst->records, dst->count, sizeof *dst->records, compare_names, dst->names);
+    while (i < src->count && j < dst->count) {
+        record_t *one = &src->records[i], *other = &dst->records[j];
+        size_t length = one->length < other->length ? one->length : other->length;
+        int order = memcmp(src->names + one->name, dst->names + other->name, length);
+        order = order ? order : (one->length > other->length) - (one->length < other->length);
+        if (order == 0) {
+            if (one->mode == other->mode && S_ISREG(one->mode) && one->size == other->size
+                && one->mtime_ns == other->mtime_ns
+                && (!owner || (one->uid == other->uid && one->gid == other->gid))) {
+                one->dropped = other->dropped = 1;
+                unchanged++;
+            }
+            i++;
+            j++;
+        } else if (order < 0) {
+            i++;
+        } else {
+            j++;
+        }
+    }
+    return unchanged;
+}
+
+static void free_side(side_t *side)
+{
+    free(side->records);
+    free(side->names);
+}
+
+static PyStructSequence_Field stat_fields[] = {
+    {"st_mode", NULL}, {"st_ino", NULL}, {"st_dev", NULL}, {"st_nlink", NULL},
+    {"st_uid", NULL}, {"st_gid", NULL}, {"st_size", NULL}, {"st_atime_ns", NULL},
+    {"st_mtime_ns", NULL}, {"st_ctime_ns", NULL}, {"st_rdev", NULL}, {NULL, NULL},
+};
+
+static PyStructSequence_Desc stat_desc = {
+    "mirror._core.stat_result", "The fields of an lstat that a listing keeps (os.stat_result's names).",
+    stat_fields, 11,
+};
+
+typedef struct {
+    PyTypeObject *stat_result;
+} state_t;
+
+static PyObject *stat_object(PyTypeObject *type, const record_t *record)
+{
+    PyObject *st = PyStructSequence_New(type);
+    if (!st)
+        return NULL;
+    PyObject *fields[11] = {
+        PyLong_FromUnsignedLong(record->mode), PyLong_FromUnsignedLongLong(record->ino),
+        PyLong_FromUnsignedLongLong(record->dev), PyLong_FromUnsignedLongLong(record->nlink),
+        PyLong_FromUnsignedLong(record->uid), PyLong_FromUnsignedLong(record->gid),
+        PyLong_FromLongLong(record->size), PyLong_FromLongLong(record->atime_ns),
+        PyLong_FromLongLong(record->mtime_ns), PyLong_FromLongLong(record->ctime_ns),
+        PyLong_FromUnsignedLongLong(record->rdev),
+    };
+    int complete = 1;
+    for (int i = 0; i < 11; i++) {
+        complete = complete && fields[i];
+        if (fields[i])
+            PyStructSequence_SET_ITEM(st, i, fields[i]);
+        else
+            PyStructSequence_SET_ITEM(st, i, Py_NewRef(Py_None));
+    }
+    if (!complete)
+        Py_CLEAR(st);
+    return st;
+}
+
+/* A side's kept records as {name: stat_result}. */
+static PyObject *listing_of(const side_t *side, PyTypeObject *type)
+{
+    PyObject *listing = PyDict_New();
+    for (size_t i = 0; listing && i < side->count; i++) {
+        const record_t *record = &side->records[i];
+        if (record->dropped)
+            continue;
+        PyObject *name = PyBytes_FromStringAndSize(side->names + record->name, (Py_ssize_t)record->length);
+        PyObject *st = name ? stat_object(type, record) : NULL;
+        if (!st || PyDict_SetItem(listing, name, st) < 0)
+            Py_CLEAR(listing);
+        Py_XDECREF(name);
+        Py_XDECREF(st);
+    }
+    return listing;
+}
+
+static PyObject *names_of(const side_t *side)
+{
+    PyObject *names = PyList_New((Py_ssize_t)side->count);
+    for (size_t i = 0; names && i < side->count; i++) {
+        const record_t *record = &side->records[i];
+        PyObject *name = PyBytes_FromStringAndSize(side->names + record->name, (Py_ssize_t)record->length);
+        if (!name)
+            Py_CLEAR(names);
+        else
+            PyList_SET_ITEM(names, (Py_ssize_t)i, name);
+    }
+    return names;
+}
+
+/* The OSError a side met, with the name it was met at, as os.stat would raise it. */
+static int raise_for(const side_t *side)
+{
+    errno = side->error;
+    if (side->failed < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    const record_t *record = &side->records[side->failed];
+    PyObject *name = PyUnicode_DecodeFSDefaultAndSize(side->names + record->name, (Py_ssize_t)record->length);
+    if (name) {
+        PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, name);
+        Py_DECREF(name);
+    }
+    return -1;
+}
+
+/* The answer for a listed pair: None (a side is slow: the pure code lists it with threads),
+ * OSError, (names, names) past `most`, or (unchanged, src listing, dst listing). */
+static PyObject *answer(PyObject *module, side_t *src, side_t *dst, int quick, int owner)
+{
+    if (src->slow || dst->slow)
+        Py_RETURN_NONE;
+    if ((src->error && raise_for(src)) || (dst->error && raise_for(dst)))
+        return NULL;
+    if (src->only_names || dst->only_names) {
+        PyObject *src_names = names_of(src), *dst_names = src_names ? names_of(dst) : NULL;
+        PyObject *pair = dst_names ? PyTuple_Pack(2, src_names, dst_names) : NULL;
+        Py_XDECREF(src_names);
+        Py_XDECREF(dst_names);
+        return pair;
+    }
+    long long unchanged = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (quick && dst->count)
+        unchanged = drop_unchanged(src, dst, owner);
+    Py_END_ALLOW_THREADS
+    PyTypeObject *type = ((state_t *)PyModule_GetState(module))->stat_result;
+    PyObject *src_listing = listing_of(src, type);
+    PyObject *dst_listing = src_listing ? listing_of(dst, type) : NULL;
+    PyObject *listed = dst_listing ? Py_BuildValue("(LOO)", unchanged, src_listing, dst_listing) : NULL;
+    Py_XDECREF(src_listing);
+    Py_XDECREF(dst_listing);
+    return listed;
+}
+
+/* `owner` as scan takes it: None (no quick check), or whether owners are compared. */
+static int read_owner(PyObject *owner, int *quick, int *compare)
+{
+    *quick = owner != Py_None;
+    *compare = *quick ? PyObject_IsTrue(owner) : 0;
+    return *compare < 0 ? -1 : 0;
+}
+
+PyDoc_STRVAR(list_pair_doc,
+"list_pair(src_fd, dst_fd, owner, most, slow_ns) -> tuple | None\n\n"
+"scan.list_pair in C (`most` -1: no limit), or None when the first lstat calls of a side\n"
+"took over `slow_ns` each on average: a remote store, which the pure code lists with threads.");
+
+static PyObject *list_pair(PyObject *module, PyObject *args)
+{
+    int src_fd, dst_fd, quick, owner;
+    long long most, slow_ns;
+    PyObject *owner_object;
+    if (!PyArg_ParseTuple(args, "iiOLL:list_pair", &src_fd, &dst_fd, &owner_object, &most, &slow_ns)
+        || read_owner(owner_object, &quick, &owner) < 0)
+        return NULL;
+    side_t src = {0}, dst = {0};
+    Py_BEGIN_ALLOW_THREADS
+    list_side(&src, src_fd, most, slow_ns);
+    if (!src.error && !src.slow && dst_fd >= 0)
+        list_side(&dst, dst_fd, most, slow_ns);
+    Py_END_ALLOW_THREADS
+    PyObject *result = answer(module, &src, &dst, quick, owner);
+    free_side(&src);
+    free_side(&dst);
+    return result;
+}
+
+/* The names of a list of bytes into `side`; -1 with an exception set. */
+static int read_names(PyObject *list, side_t *side)
+{
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "stat_pair: names must be a list of bytes");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *name = PyList_GET_ITEM(list, i);
+        if (!PyBytes_Check(name) || (Py_ssize_t)strlen(PyBytes_AS_STRING(name)) != PyBytes_GET_SIZE(name)) {
+            PyErr_SetString(PyExc_TypeError, "stat_pair: a name is not bytes without NUL");
+            return -1;
+        }
+        if (add_name(side, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(stat_pair_doc,
+"stat_pair(src_fd, dst_fd, src_names, dst_names, owner, slow_ns) -> tuple | None\n\n"
+"scan.stat_pair in C, or None when a side's store is slow (as list_pair).");
+
+static PyObject *stat_pair(PyObject *module, PyObject *args)
+{
+    int src_fd, dst_fd, quick, owner;
+    long long slow_ns;
+    PyObject *src_names, *dst_names, *owner_object, *result = NULL;
+    if (!PyArg_ParseTuple(args, "iiOOOL:stat_pair", &src_fd, &dst_fd, &src_names, &dst_names,
+                          &owner_object, &slow_ns) || read_owner(owner_object, &quick, &owner) < 0)
+        return NULL;
+    side_t src = {0}, dst = {0};
+    if (read_names(src_names, &src) == 0 && (dst_fd < 0 || read_names(dst_names, &dst) == 0)) {
+        Py_BEGIN_ALLOW_THREADS
+        stat_side(&src, src_fd, slow_ns);
+        if (!src.error && !src.slow && dst_fd >= 0)
+            stat_side(&dst, dst_fd, slow_ns);
+        Py_END_ALLOW_THREADS
+        result = answer(module, &src, &dst, quick, owner);
+    }
+    free_side(&src);
+    free_side(&dst);
+    return result;
+}
+
 /* ---- The module's functions ---- */
 
 PyDoc_STRVAR(copy_files_doc,
@@ -402,18 +828,23 @@ done:
 
 static PyMethodDef methods[] = {
     {"copy_files", copy_files, METH_VARARGS, copy_files_doc},
+    {"list_pair", list_pair, METH_VARARGS, list_pair_doc},
+    {"stat_pair", stat_pair, METH_VARARGS, stat_pair_doc},
     {NULL, NULL, 0, NULL},
 };
 
-/* What this build reads by position; mirror/core.py compares it with the Python side. */
+/* What this build reads by position, and the constants it shares with the Python code;
+ * mirror/core.py uses the module only if they match. */
 static int add_layout(PyObject *module)
 {
     PyObject *layout = Py_BuildValue(
-        "{s{sisisisisisisi}s{sisisi}s{sisisi}}",
+        "{s{sisisisisisisi}s{sisisi}s{sisisi}s{sLsL}s{si}}",
         "Entry", "mode", E_MODE, "size", E_SIZE, "mtime_ns", E_MTIME, "uid", E_UID,
         "gid", E_GID, "ctime_ns", E_CTIME, "atime_ns", E_ATIME,
         "Action", "path", A_PATH, "src", A_SRC, "dst", A_DST,
-        "Ladder", "CLONE", CLONE, "RANGE", RANGE, "LOOP", LOOP);
+        "Ladder", "CLONE", CLONE, "RANGE", RANGE, "LOOP", LOOP,
+        "fastcopy", "BUFFER", BUFFER, "CHUNK", CHUNK,
+        "scan", "PROBE_STATS", PROBE_STATS);
     if (!layout || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         return -1;
@@ -421,14 +852,43 @@ static int add_layout(PyObject *module)
     return 0;
 }
 
+static int exec_module(PyObject *module)
+{
+    state_t *state = PyModule_GetState(module);
+    state->stat_result = PyStructSequence_NewType(&stat_desc);
+    if (!state->stat_result)
+        return -1;
+    return add_layout(module);
+}
+
+static int traverse(PyObject *module, visitproc visit, void *arg)
+{
+    state_t *state = PyModule_GetState(module);
+    Py_VISIT(state ? state->stat_result : NULL);
+    return 0;
+}
+
+static int clear(PyObject *module)
+{
+    state_t *state = PyModule_GetState(module);
+    if (state)
+        Py_CLEAR(state->stat_result);
+    return 0;
+}
+
+static void free_module(void *module)
+{
+    clear(module);
+}
+
 static struct PyModuleDef_Slot slots[] = {
-    {Py_mod_exec, add_layout},
+    {Py_mod_exec, exec_module},
     {0, NULL},
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "mirror._core",
-    "mirror's per-folder loops in C (see mirror/core.py).", 0, methods, slots, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "mirror._core", "mirror's per-folder loops in C (see mirror/core.py).",
+    sizeof(state_t), methods, slots, traverse, clear, free_module,
 };
 
 PyMODINIT_FUNC PyInit__core(void)

@@ -40,4 +40,7 @@ def test_the_layout_the_compiled_core_reads_is_the_records_one():
     if not BUILT:
         pytest.skip("mirror._core is not built")
     from mirror import _core
-    assert _core.LAYOUT == core.layout()  # else core.choose() refuses it, and says so
+    from mirror.run import fastcopy
+    assert {key: _core.LAYOUT[key] for key in core.layout()} == core.layout()  # else choose() refuses it
+    # and the copy's chunks are fastcopy's (only its speed would differ)
+    assert _core.LAYOUT["fastcopy"] == {"BUFFER": fastcopy.BUFFER, "CHUNK": fastcopy.CHUNK}

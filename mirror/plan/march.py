@@ -11,6 +11,7 @@ from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Un
 from ..options import Options
 from ..paths import is_temp_name, join, split
 from . import scan
+from .. import core
 from .compare import decide, meta_differs
 from .filters import Filter
 from .tree import LocalTree, SourceTree, as_tree
@@ -190,8 +191,8 @@ class Planner:
         if type(src) is LocalTree:
             src_fd, dst_fd = src.folder(rel), dst.folder(rel) if dst_there else -1
             if chunk is not None:
-                return scan.stat_pair(src_fd, dst_fd, names_of(chunk.src), names_of(chunk.dst), owner)
-            return scan.list_pair(src_fd, dst_fd, owner, self.split_at)
+                return core.stat_pair(src_fd, dst_fd, names_of(chunk.src), names_of(chunk.dst), owner)
+            return core.list_pair(src_fd, dst_fd, owner, self.split_at)
         src_listing = src.list(rel)
         dst_listing = dst.list(rel) if dst_there else {}
         return scan.drop_unchanged(src_listing, dst_listing, owner), src_listing, dst_listing
