@@ -76,16 +76,19 @@ def test_a_call_keeps_no_memory(make_tree, tmp_path):
     from mirror import core
     if core.copy_files is None:
         pytest.skip(f"the pure core runs: {core.WHY}")
-    src = make_tree({"f": b"data", "g": b"more"})
+    src = make_tree({"first": b"data", "second": b"more data"})  # names of one byte are shared objects
     (tmp_path / "dst").mkdir()
     src_fd, dst_fd = os.open(src, os.O_RDONLY), os.open(tmp_path / "dst", os.O_RDONLY)
-    listed = entry_from_stat(b"f", os.lstat(src / "f"))
-    batch = [Action(Op.COPY, b"f", Reason.MISSING, listed, listed),
-             Action(Op.COPY, b"g", Reason.MISSING, listed, None)]   # g: listed as f, so declined
+    listed = entry_from_stat(b"first", os.lstat(src / "first"))
+    batch = [Action(Op.COPY, b"first", Reason.MISSING, listed, listed),
+             Action(Op.COPY, b"second", Reason.MISSING, listed, None)]   # listed as "first": declined
 
     def copy_many() -> None:
         for _ in range(300):
             core.copy_files(src_fd, dst_fd, batch, FolderFacts(), False, core.Ladder.LOOP, True)
+            core.list_pair(src_fd, -1, True)  # a listing made, and one with names alone
+            core.list_pair(src_fd, dst_fd, None, 1)
+            core.stat_pair(src_fd, dst_fd, [b"first", b"gone"], [b"second"], False)
     copy_many()  # warm: caches, interned names
     tracemalloc.start()
     try:

@@ -13,6 +13,7 @@ import sys
 
 from mirror.core import Ladder
 from mirror.model import Action, Op, Reason
+from mirror.plan import scan
 from mirror.plan.scan import entry_from_stat
 from mirror.run.copyfile import FolderFacts
 
@@ -34,6 +35,11 @@ unix = socket.socket(socket.AF_UNIX)
 unix.bind(os.path.join(src, b"socket"))
 with open(os.path.join(src, b"gone"), "wb") as out:
     out.write(b"soon gone")
+
+
+class Unsure:
+    def __bool__(self):
+        raise ZeroDivisionError
 
 
 def action(name: bytes, new: bool = True) -> Action:
@@ -125,4 +131,43 @@ except TypeError:
 else:
     raise AssertionError("an owner that is no pair of numbers was taken")
 assert core.copy_files(0, 0, [], FolderFacts(), True, 0, True) == []
+
+# list_pair and stat_pair: src holds every entry type and a 255-byte name; dst some of them
+src_fd, dst_fd = os.open(src, os.O_RDONLY), os.open(dst, os.O_RDONLY)
+SLOW = 500_000
+FIELDS = ("st_mode", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns", "st_atime_ns", "st_uid", "st_nlink")
+
+
+def plain(listed):
+    if len(listed) == 2:
+        return sorted(listed[0]), sorted(listed[1])
+    return listed[0], *({name: [getattr(st, field) for field in FIELDS] for name, st in side.items()}
+                        for side in listed[1:])
+
+
+for owner in (None, True, False):
+    for most in (-1, 2):
+        listed = core.list_pair(src_fd, dst_fd, owner, most, SLOW)
+        assert plain(listed) == plain(scan.list_pair(src_fd, dst_fd, owner, None if most < 0 else most)), listed
+    asked = [b"small", b"gone", LONG, b"fifo", b"never"]
+    listed = core.stat_pair(src_fd, dst_fd, asked, asked, owner, SLOW)
+    assert plain(listed) == plain(scan.stat_pair(src_fd, dst_fd, asked, asked, owner)), listed
+    assert core.list_pair(src_fd, -1, owner, -1, SLOW)[2] == {}
+assert core.list_pair(src_fd, dst_fd, True, -1, 0) is None  # every store slow: declined
+assert core.stat_pair(src_fd, dst_fd, [b"small"] * 6, [], True, 0) is None
+for call, error in ((lambda: core.list_pair(a_file, -1, True, -1, SLOW), NotADirectoryError),
+                    (lambda: core.list_pair(src_fd, a_file, True, -1, SLOW), NotADirectoryError),
+                    (lambda: core.list_pair(-1, -1, True, -1, SLOW), OSError),
+                    (lambda: core.stat_pair(a_file, -1, [b"x"], [], True, SLOW), NotADirectoryError),
+                    (lambda: core.stat_pair(src_fd, -1, [b"a\0b"], [], True, SLOW), TypeError),
+                    (lambda: core.stat_pair(src_fd, -1, (b"a",), [], True, SLOW), TypeError),
+                    (lambda: core.stat_pair(src_fd, dst_fd, [], ["str"], True, SLOW), TypeError),
+                    (lambda: core.list_pair(src_fd, -1, Unsure(), -1, SLOW), ZeroDivisionError),
+                    (lambda: core.list_pair(src_fd, -1, True, "most", SLOW), TypeError)):
+    try:
+        call()
+    except error:
+        pass
+    else:
+        raise AssertionError(f"no {error.__name__}")
 print("exercised")
