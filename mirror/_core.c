@@ -513,12 +513,17 @@ static void stat_side(side_t *side, int dir_fd, long long slow_ns)
         side->slow = 1;
 }
 
-static int compare_names(const void *left, const void *right, void *names)
+/* Two names in bytes order, as Python compares them: memcmp, then the shorter first. */
+static int order_of(const char *names, const record_t *one, const char *other_names, const record_t *other)
 {
-    const record_t *one = left, *other = right;
     size_t length = one->length < other->length ? one->length : other->length;
-    int order = memcmp((char *)names + one->name, (char *)names + other->name, length);
+    int order = memcmp(names + one->name, other_names + other->name, length);
     return order ? order : (one->length > other->length) - (one->length < other->length);
+}
+
+static int compare_names(const void *one, const void *other, void *names)
+{
+    return order_of(names, one, names, other);
 }
 
 /* compare.same_file on both sides' records, in name order: the unchanged ones are dropped. */
@@ -530,9 +535,7 @@ static long long drop_unchanged(side_t *src, side_t *dst, int owner)
     qsort_r(dst->records, dst->count, sizeof *dst->records, compare_names, dst->names);
     while (i < src->count && j < dst->count) {
         record_t *one = &src->records[i], *other = &dst->records[j];
-        size_t length = one->length < other->length ? one->length : other->length;
-        int order = memcmp(src->names + one->name, dst->names + other->name, length);
-        order = order ? order : (one->length > other->length) - (one->length < other->length);
+        int order = order_of(src->names, one, dst->names, other);
         if (order == 0) {
             if (one->mode == other->mode && S_ISREG(one->mode) && one->size == other->size
                 && one->mtime_ns == other->mtime_ns
@@ -540,13 +543,9 @@ static long long drop_unchanged(side_t *src, side_t *dst, int owner)
                 one->dropped = other->dropped = 1;
                 unchanged++;
             }
-            i++;
-            j++;
-        } else if (order < 0) {
-            i++;
-        } else {
-            j++;
         }
+        i += order <= 0;
+        j += order >= 0;
     }
     return unchanged;
 }
