@@ -350,10 +350,10 @@ typedef struct {               /* one entry's lstat, as a listing keeps it */
 } record_t;
 
 typedef struct {               /* one side of a folder pair, listed without the GIL */
-    record_t *records;
+    record_t *records;         /* the entries stat'ed (past `most`, names alone are kept) */
     size_t count, room;
     char *names;               /* every name, NUL-terminated, one after the other */
-    size_t used, space;
+    size_t used, space, named;
     int error;                 /* the errno that ends the listing, 0 if none */
     long long failed;          /* the record it was met at, -1: the folder itself */
     int slow;                  /* the probe found a slow (remote) store */
@@ -365,10 +365,11 @@ static long long nanoseconds(struct timespec at)
     return at.tv_sec * 1000000000LL + at.tv_nsec;
 }
 
-/* A new record for `name`; -1 (side->error ENOMEM) if there is no memory. */
-static int add_name(side_t *side, const char *name, size_t length)
+/* `name` kept, with a new record for its lstat unless `alone`; -1 (side->error ENOMEM) if
+ * there is no memory. */
+static int add_name(side_t *side, const char *name, size_t length, int alone)
 {
-    if (side->count == side->room) {
+    if (!alone && side->count == side->room) {
         size_t room = side->room ? side->room * 2 : 64;
         record_t *records = realloc(side->records, room * sizeof *records);
         if (!records)
@@ -384,13 +385,16 @@ static int add_name(side_t *side, const char *name, size_t length)
         side->names = names;
         side->space = space;
     }
-    record_t *record = &side->records[side->count++];
-    memset(record, 0, sizeof *record);
-    record->name = side->used;
-    record->length = length;
+    if (!alone) {
+        record_t *record = &side->records[side->count++];
+        memset(record, 0, sizeof *record);
+        record->name = side->used;
+        record->length = length;
+    }
     memcpy(side->names + side->used, name, length);
     side->names[side->used + length] = '\0';
     side->used += length + 1;
+    side->named++;
     return 0;
 }
 
@@ -403,6 +407,7 @@ static void stat_last(side_t *side, int dir_fd)
         if (errno == ENOENT) {
             side->used = record->name;
             side->count--;
+            side->named--;
         } else {
             side->error = errno;
             side->failed = (long long)side->count - 1;
@@ -475,10 +480,10 @@ static void list_side(side_t *side, int dir_fd, long long most, long long slow_n
         const char *name = item->d_name;
         if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0')))
             continue;
-        if (add_name(side, name, strlen(name)) < 0)
+        if (most >= 0 && (long long)side->named >= most)
+            side->only_names = 1;  /* this name is one too many: no record, no lstat more */
+        if (add_name(side, name, strlen(name), side->only_names) < 0)
             break;
-        if (most >= 0 && (long long)side->count > most)
-            side->only_names = 1;
         if (!side->only_names)
             stat_probed(side, dir_fd, &probe);
         if (side->error)
@@ -503,9 +508,10 @@ static void stat_side(side_t *side, int dir_fd, long long slow_ns)
     side->count = 0;
     for (size_t i = 0; i < listed.count && !side->error && !side->slow; i++) {
         side->records[side->count++] = listed.records[i];
-        size_t used = side->used;
+        size_t used = side->used, named = side->named;
         stat_probed(side, dir_fd, &probe);
         side->used = used;  /* the names stay where they are: only records move */
+        side->named = named;
         if (probe.probed == PROBE_STATS && probe_says_slow(&probe))
             side->slow = 1;
     }
@@ -615,16 +621,19 @@ static PyObject *listing_of(const side_t *side, PyTypeObject *type)
     return listing;
 }
 
+/* Every name a side kept (a big folder's: a million records would cost 100 MB), as bytes. */
 static PyObject *names_of(const side_t *side)
 {
-    PyObject *names = PyList_New((Py_ssize_t)side->count);
-    for (size_t i = 0; names && i < side->count; i++) {
-        const record_t *record = &side->records[i];
-        PyObject *name = PyBytes_FromStringAndSize(side->names + record->name, (Py_ssize_t)record->length);
+    PyObject *names = PyList_New((Py_ssize_t)side->named);
+    size_t at = 0;
+    for (Py_ssize_t i = 0; names && i < (Py_ssize_t)side->named; i++) {
+        size_t length = strlen(side->names + at);
+        PyObject *name = PyBytes_FromStringAndSize(side->names + at, (Py_ssize_t)length);
         if (!name)
             Py_CLEAR(names);
         else
-            PyList_SET_ITEM(names, (Py_ssize_t)i, name);
+            PyList_SET_ITEM(names, i, name);
+        at += length + 1;
     }
     return names;
 }
@@ -721,7 +730,7 @@ static int read_names(PyObject *list, side_t *side)
             PyErr_SetString(PyExc_TypeError, "stat_pair: a name is not bytes without NUL");
             return -1;
         }
-        if (add_name(side, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name)) < 0) {
+        if (add_name(side, PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name), 0) < 0) {
             PyErr_NoMemory();
             return -1;
         }
