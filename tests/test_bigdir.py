@@ -115,3 +115,16 @@ def test_a_big_folder_that_cannot_be_read_in_a_chunk_is_an_error_not_a_hang(make
 
     assert report.exit_code == 1 and any(b"big" == failure.path for failure in report.errors)
     assert report.files_copied == 35
+
+
+def test_sync_checks_that_src_is_not_empty_without_listing_its_root(make_tree, tmp_path, monkeypatch):
+    """A root of a million entries, each listed with its lstat, held 700 MB in the master."""
+    from mirror.plan.tree import LocalTree
+    src = make_tree(big_folder(40, "f"))
+    listed = []
+    real = LocalTree.list
+    monkeypatch.setattr(LocalTree, "list", lambda self, rel: listed.append(rel) or real(self, rel))
+
+    report = sync_tree(src, tmp_path / "dst", Options(jobs=1))
+
+    assert report.files_copied == 40 and listed == []
