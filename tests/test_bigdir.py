@@ -93,11 +93,20 @@ def test_chunks_cover_every_name_once_and_cut_both_sides_at_the_same_names():
     assert sorted(name for chunk in chunks for name in names_of(chunk.src)) == sorted(src)
     assert sorted(name for chunk in chunks for name in names_of(chunk.dst)) == sorted(dst)
     for chunk in chunks:
-        names = set(names_of(chunk.src)) | set(names_of(chunk.dst))
-        assert 0 < len(names) <= march.CHUNK_NAMES
+        assert 0 < len(names_of(chunk.src)) <= march.CHUNK_NAMES and len(names_of(chunk.dst)) <= march.CHUNK_NAMES
     for before, after in zip(chunks, chunks[1:]):  # in name order: a name's two sides meet
         assert max(names_of(before.src) + names_of(before.dst)) < min(names_of(after.src) + names_of(after.dst))
     assert CHUNK_NAMES == 4096  # the module's own value, not the fixture's
+
+
+def test_a_folder_mostly_to_delete_is_cut_by_dst_s_names_too():
+    dst = [b"%03d" % number for number in range(100)]
+
+    chunks = chunks_of([b"050"], list(dst))
+
+    assert sorted(name for chunk in chunks for name in names_of(chunk.dst)) == dst
+    assert all(len(names_of(chunk.dst)) <= march.CHUNK_NAMES for chunk in chunks)
+    assert [chunk.src for chunk in chunks].count(b"050") == 1
 
 
 def test_a_big_folder_that_cannot_be_read_in_a_chunk_is_an_error_not_a_hang(make_tree, monkeypatch):
@@ -115,3 +124,16 @@ def test_a_big_folder_that_cannot_be_read_in_a_chunk_is_an_error_not_a_hang(make
 
     assert report.exit_code == 1 and any(b"big" == failure.path for failure in report.errors)
     assert report.files_copied == 35
+
+
+def test_sync_checks_that_src_is_not_empty_without_listing_its_root(make_tree, tmp_path, monkeypatch):
+    """A root of a million entries, each listed with its lstat, held 700 MB in the master."""
+    from mirror.plan.tree import LocalTree
+    src = make_tree(big_folder(40, "f"))
+    listed = []
+    real = LocalTree.list
+    monkeypatch.setattr(LocalTree, "list", lambda self, rel: listed.append(rel) or real(self, rel))
+
+    report = sync_tree(src, tmp_path / "dst", Options(jobs=1))
+
+    assert report.files_copied == 40 and listed == []

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections.abc import Iterator
-from heapq import merge
 from typing import NamedTuple
 
 from ..model import Action, Entry, Kind, Mode, Op, Problem, Reason, Severity, Unchanged
@@ -50,7 +49,7 @@ class ChunkDone(NamedTuple):
 
 Planned = Action | Problem | LinkedFile | Unchanged | BigFolder | ChunkDone
 SPLIT_AT = 8192       # a folder with more entries than this on either side is split ...
-CHUNK_NAMES = 4096    # ... into chunks of this many names (of both sides together, at most)
+CHUNK_NAMES = 4096    # ... into chunks of at most this many names a side
 # Ops that create, replace or remove a name, and so change the mtime of the folder holding it.
 NAME_CHANGING = frozenset({Op.MKDIR, Op.COPY, Op.SYMLINK, Op.SPECIAL, Op.HARDLINK, Op.DELETE, Op.CLEANUP})
 DIR = Kind.DIR
@@ -317,19 +316,13 @@ def names_of(joined: bytes) -> list[bytes]:
 
 
 def chunks_of(src_names: list[bytes], dst_names: list[bytes]) -> tuple[Chunk, ...]:
-    """A big folder's names cut into chunks of at most CHUNK_NAMES in name order, both sides at
-    the same names: a name both sides have is in one chunk, so each chunk's deletions are
-    decided from complete listings of its range."""
+    """A big folder's names cut into chunks in name order, both sides at the same names, at
+    most CHUNK_NAMES of each side a chunk: a name both sides have is in one chunk, so each
+    chunk's deletions are decided from complete listings of its range. The cuts are every
+    CHUNK_NAMES-th name of each side (no pass over every name in Python)."""
     src_names.sort()
     dst_names.sort()
-    cuts, count, last = [], 0, None
-    for name in merge(src_names, dst_names):  # a name on both sides comes twice, in a row
-        if name != last:
-            count += 1
-            if count > CHUNK_NAMES:
-                cuts.append(name)
-                count = 1
-            last = name
+    cuts = sorted(set(src_names[CHUNK_NAMES::CHUNK_NAMES] + dst_names[CHUNK_NAMES::CHUNK_NAMES]))
     chunks, src_at, dst_at = [], 0, 0
     for cut in cuts:
         src_end, dst_end = bisect_left(src_names, cut, src_at), bisect_left(dst_names, cut, dst_at)

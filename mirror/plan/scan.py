@@ -62,9 +62,12 @@ def list_fd(dir_fd: int, most: int | None = None) -> dict[bytes, os.stat_result]
             add_lstats(listing, items)
         else:
             add_lstats(listing, islice(items, max(0, most - len(probe))))
-            unstated = [item.name for item in items]
-            if unstated:  # too many: no lstat more, the names go to the tasks of its parts
-                return [*listing, *(name.encode(FS_ENCODING, FS_ERRORS) for name in unstated)]
+            names = list(listing)
+            # too many: no lstat more, the names go to the tasks of its chunks (encoded one at
+            # a time: a list of a million str names beside the bytes ones held 57 MB more)
+            names.extend(item.name.encode(FS_ENCODING, FS_ERRORS) for item in items)
+            if len(names) > len(listing):
+                return names
     if most is not None and len(listing) + len(unstated) > most:
         return [*listing, *(name.encode(FS_ENCODING, FS_ERRORS) for name in unstated)]
     if unstated:
