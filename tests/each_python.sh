@@ -47,7 +47,8 @@ run_lane() {
   for ((i = $1; i < ${#passes[@]}; i += 2)); do
     read -r version core python <<< "${passes[$i]}"
     log=.venv-tests/logs/$version-$core.log
-    if ( [ "$core" = Python ] && export MIRROR_PURE=1; "$python" -m pytest "${@:2}" ) > "$log" 2>&1; then
+    if ( if [ "$core" = Python ]; then export MIRROR_PURE=1; else unset MIRROR_PURE; fi
+         "$python" -m pytest "${@:2}" ) > "$log" 2>&1; then
       echo "$version ($core) passed" >> ".venv-tests/logs/lane-$1"
     else
       echo "$version ($core) FAILED" >> ".venv-tests/logs/lane-$1"
