@@ -71,6 +71,9 @@ def test_the_core_runs_clean_under_valgrind(strict_build, tmp_path):
     assert errors_in(report, strict_build) == []
 
 
+CALLS = 1000  # Python's own caches may grow by a few KB meanwhile (3.12: 3 KB)
+
+
 def test_a_call_keeps_no_memory(make_tree, tmp_path):
     """References and buffers are released, on success and on a declined file alike."""
     from mirror import core
@@ -84,7 +87,7 @@ def test_a_call_keeps_no_memory(make_tree, tmp_path):
              Action(Op.COPY, b"second", Reason.MISSING, listed, None)]   # listed as "first": declined
 
     def copy_many() -> None:
-        for _ in range(300):
+        for _ in range(CALLS):
             core.copy_files(src_fd, dst_fd, batch, FolderFacts(), False, core.Ladder.LOOP, True)
             core.list_pair(src_fd, -1, True)  # a listing made, and one with names alone
             core.list_pair(src_fd, dst_fd, None, 1)
@@ -99,4 +102,4 @@ def test_a_call_keeps_no_memory(make_tree, tmp_path):
         tracemalloc.stop()
         os.close(src_fd)
         os.close(dst_fd)
-    assert grown < 2000, f"{grown} bytes kept by 300 calls"
+    assert grown < 10 * CALLS, f"{grown} bytes kept by {CALLS} calls"  # a leak keeps 33 bytes a call or more
