@@ -33,7 +33,8 @@ class Applier:
         self.options = options
         self.owner = bool(options.owner)
         self.on_bytes = on_bytes
-        self.files = FileCopier(self.src, self.owner, Copier(dst_root, options.sparse), on_bytes, self.place)
+        self.copier = Copier(dst_root, options.sparse)
+        self.files = FileCopier(self.src, self.owner, self.copier, on_bytes, self.place)
         self.scope = self.files.scope = scope_of(options)  # -X, -A
         self.facts: tuple[bytes | None, FolderFacts] = (None, FolderFacts())
         self.dry_run = options.dry_run or mode is Mode.CHECK  # check: every action is a difference
