@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
 
@@ -32,6 +33,7 @@ def part_log(monkeypatch, tmp_path):
     def logged(applier, part, on_bytes):
         with open(log, "a") as out:
             out.write(f"{os.getpid()} {part.extents[0][0] if part.extents else -1}\n")
+        time.sleep(0.05)  # a part takes a while: one quick worker does not take them all
         return real(applier, part, on_bytes)
     monkeypatch.setattr(worker, "copy_part", logged)
     return log
@@ -171,7 +173,6 @@ def test_an_interrupted_copy_in_parts_leaves_no_temporary_file(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "huge", "wb") as stream:
@@ -190,3 +191,22 @@ def test_an_interrupted_copy_in_parts_leaves_no_temporary_file(tmp_path):
 
     assert process.returncode == 130 and "Traceback" not in stderr
     assert temp_files(dst) == [] and not (dst / "huge").exists()
+
+
+def test_mirror_copy_spreads_a_sparse_image_over_the_workers_by_its_data(tmp_path, cli, part_log):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "vm.img", "wb") as out:
+        for offset in range(0, 48 * MIB, 12 * MIB):
+            out.seek(offset)
+            out.write(os.urandom(4 * MIB))
+        out.truncate(50 * MIB)
+
+    result = cli("copy", "-j", "2", src, tmp_path / "dst")
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "dst/vm.img").read_bytes() == (src / "vm.img").read_bytes()
+    assert os.stat(tmp_path / "dst/vm.img").st_blocks * 512 < 20 * MIB, "holes stay holes"
+    lines = part_log.read_text().split("\n")[:-1]
+    assert sorted(int(line.split()[1]) for line in lines) == [0, 12 * MIB, 24 * MIB, 36 * MIB]
+    assert len({line.split()[0] for line in lines}) == 2, "both workers copied parts"
