@@ -212,6 +212,10 @@ class LoopUpToDate(OnLoopFs, UpToDate):
     """Re-runs into an up-to-date DST (each tool's own, synced once by it), on a fresh ext4."""
 
 
+class LoopTouch(OnLoopFs, Touch):
+    """1% of SRC rewritten before each round, into up-to-date DSTs, on a fresh ext4."""
+
+
 class Pruned(OnLoopFs, Case):
     """sync after a fixed half of SRC's files went: SRC holds the other half, and before every
     run DST becomes a full copy of the tree again (`cp -a` of the cached tree, untimed, into a
@@ -317,13 +321,16 @@ def _count(n: int) -> str:
 def build_cases(ctx: Context) -> dict[str, list[Case]]:
     """Every case by its CLI name (jobs expands to one case per tree)."""
     specs = ctx.specs
-    mirror = mirror_tool(ctx.mirror_jobs, "copy", label="mirror")
-    update = mirror_tool(ctx.mirror_jobs, ctx.update_command, label="mirror")
+    # Each speed case runs mirror with its compiled core and, beside it, with the pure-Python
+    # one (MIRROR_PURE=1): the README gives both paths' figures.
+    mirror, mirror_pure = (mirror_tool(ctx.mirror_jobs, "copy", "mirror", pure) for pure in (False, True))
+    update, update_pure = (mirror_tool(ctx.mirror_jobs, ctx.update_command, "mirror", pure)
+                           for pure in (False, True))
     anchors = [CP, RSYNC, TAR, COPYTREE]
     small, large, slow = specs["small"], specs["large"], specs["slowfs"]
     few, many, flat = specs["empty100k"], specs["empty1m"], specs["empty1m-flat"]
     big = specs["bigdir"]
-    sync = mirror_tool(ctx.mirror_jobs, "sync", label="mirror sync")
+    sync, sync_pure = (mirror_tool(ctx.mirror_jobs, "sync", "mirror sync", pure) for pure in (False, True))
 
     def tree_text(spec: trees.TreeSpec) -> str:
         unit, scale = ("MiB", trees.MIB) if spec.min_size >= trees.MIB else ("KiB", trees.KIB)
@@ -343,18 +350,18 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
     from .remote import remote_cases        # here: bench.remote and bench.sparse build on Case
     from .sparse import sparse_cases        # from this module
     return {
-        "small": [Case(ctx, "small", f"first copy, {tree_text(small)}", "small",
-                       [mirror, *anchors],
+        "small": [LoopCase(ctx, "small", f"first copy, {tree_text(small)}", "small",
+                           [mirror, mirror_pure, *anchors],
                        [Target("mirror", "cp -a", 0.85, "mirror <= 0.85 x cp -a"),
                         Target("mirror", "rsync -a", 0.6, "mirror <= 0.6 x rsync -a")])],
-        "large": [Case(ctx, "large", f"first copy, {tree_text(large)}", "large",
-                       [mirror, *anchors],
+        "large": [LoopCase(ctx, "large", f"first copy, {tree_text(large)}", "large",
+                           [mirror, mirror_pure, *anchors],
                        [Target("mirror", "cp -a", 0.75, "mirror <= 0.75 x cp -a")], rounds=3)],
-        "noop": [UpToDate(ctx, "noop", f"up-to-date DST, {tree_text(small)}", "small",
-                          [update, RSYNC],
+        "noop": [LoopUpToDate(ctx, "noop", f"up-to-date DST, {tree_text(small)}", "small",
+                              [update, update_pure, RSYNC],
                           [Target("mirror", "rsync -a", 0.8, "mirror <= 0.8 x rsync -a")])],
-        "touch1pct": [Touch(ctx, "touch1pct", f"1% rewritten, {tree_text(small)}", "small",
-                            [update, RSYNC],
+        "touch1pct": [LoopTouch(ctx, "touch1pct", f"1% rewritten, {tree_text(small)}", "small",
+                                [update, update_pure, RSYNC],
                             [Target("mirror", "rsync -a", 0.8, "mirror <= 0.8 x rsync -a")])],
         "jobs": [Case(ctx, "jobs-small", f"mirror --jobs, {tree_text(small)}", "small", jobs,
                       pairs=jobs_pairs),
@@ -375,13 +382,13 @@ def build_cases(ctx: Context) -> dict[str, list[Case]]:
                            Target(hi, lo, 1.5, f"{hi} <= 1.5 x {lo}"),
                            Target(hi_flat, None, 200.0, f"{hi_flat}: total peak PSS <= 200 MB")],
                           pairs=[(hi_flat, hi)])],
-        "bigdir": [LoopCase(ctx, "bigdir", f"first copy, {big_text}", "bigdir", [mirror, CP, RSYNC],
+        "bigdir": [LoopCase(ctx, "bigdir", f"first copy, {big_text}", "bigdir", [mirror, mirror_pure, CP, RSYNC],
                             [Target("mirror", "cp -a", 1.0, "mirror <= 1.0 x cp -a")])],
         "bigdir-noop": [LoopUpToDate(ctx, "bigdir-noop", f"up-to-date DST, {big_text}", "bigdir",
-                                     [sync, RSYNC], [Target("mirror sync", "rsync -a", 0.8,
+                                     [sync, sync_pure, RSYNC], [Target("mirror sync", "rsync -a", 0.8,
                                                             "mirror sync <= 0.8 x rsync -a")])],
         "bigdir-delete": [Pruned(ctx, "bigdir-delete", f"half of SRC deleted, DST a full copy, "
-                                 f"{big_text}", "bigdir", [sync, RSYNC_DELETE])],
+                                 f"{big_text}", "bigdir", [sync, sync_pure, RSYNC_DELETE])],
         "sparse": sparse_cases(ctx),
         "remote": remote_cases(ctx),
         "mpi": mpi_cases(ctx),

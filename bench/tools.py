@@ -35,8 +35,9 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def mirror_tool(jobs: int, command: str = "copy", label: str | None = None) -> Tool:
-    """mirror COMMAND SRC DST --no-progress --quiet --jobs N, or the MIRROR_CMD override.
+def mirror_tool(jobs: int, command: str = "copy", label: str | None = None, pure: bool = False) -> Tool:
+    """mirror COMMAND SRC DST --no-progress --quiet --jobs N, or the MIRROR_CMD override;
+    `pure`: with MIRROR_PURE=1 (the pure-Python core), labelled "... (pure)".
 
     MIRROR_CMD is split like a shell line; {src} {dst} {jobs} {cmd} are filled in when present,
     otherwise SRC and DST are appended (e.g. MIRROR_CMD="cp -a" or "rsync -a {src}/ {dst}/").
@@ -50,10 +51,11 @@ def mirror_tool(jobs: int, command: str = "copy", label: str | None = None) -> T
             if any("{src}" in w or "{dst}" in w for w in words):
                 return [w.format(**fields) for w in words]
             return [w.format(**fields) for w in words] + [str(src), str(dst)]
-        return [sys.executable, "-m", "mirror", command, str(src), str(dst),
-                "--no-progress", "--quiet", "--jobs", str(jobs)]
+        return [*(["env", "MIRROR_PURE=1"] if pure else []), sys.executable, "-m", "mirror", command,
+                str(src), str(dst), "--no-progress", "--quiet", "--jobs", str(jobs)]
 
-    return Tool(label or f"mirror -j{jobs}", argv, is_mirror=True)
+    label = label or f"mirror -j{jobs}"
+    return Tool(f"{label} (pure)" if pure else label, argv, is_mirror=True)
 
 
 def _cp(src: Path, dst: Path) -> Argv:

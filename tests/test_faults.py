@@ -18,9 +18,16 @@ SMALL_TREE = {**{f"d{i % 20}/f{i}": os.urandom(1 + i % 4000) for i in range(600)
               **{f"big/b{i}": os.urandom(2 << 20) for i in range(3)}}
 
 
-def start(*args, env=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mirror", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+# mirror, with big files copied whole by one worker (not in parts by several): the tests of a
+# huge file kill or watch the one process that writes it
+WHOLE_FILES = "import sys; from mirror.run import runner; runner.SPLIT_MIN = 1 << 62; " \
+              "sys.argv[0] = 'mirror'; from mirror.__main__ import run; run()"
+
+
+def start(*args, env=None, whole: bool = False) -> subprocess.Popen:
+    command = [sys.executable, *(["-c", WHOLE_FILES] if whole else ["-m", "mirror"]), *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
 
 
 def final_files_are_complete(src, dst) -> None:
@@ -108,7 +115,7 @@ def start_huge_copy(tmp_path, jobs: int):
     """A copy of a 1 GiB sparse file, once a worker writes it: (process, src, dst, writers)."""
     src = sparse_source(tmp_path, 1 << 30)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", jobs, "--no-sparse")  # every byte written: slow
+    process = start("copy", src, dst, "-j", jobs, "--no-sparse", whole=True)  # every byte written: slow
     wait_for_temp(dst)
     deadline = time.monotonic() + 30
     while not (writers := holders_of_temp(dst)) and time.monotonic() < deadline:
@@ -157,7 +164,7 @@ def test_killed_idle_workers_do_not_hang_the_run(tmp_path, then):
 def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
     src = sparse_source(tmp_path)
     dst = tmp_path / "dst"
-    process = start("copy", src, dst, "-j", "2", "--json", "--no-sparse")
+    process = start("copy", src, dst, "-j", "2", "--json", "--no-sparse", whole=True)
     wait_for_temp(dst)
     manager = children(process.pid)[0][1]  # started first, before the pool
     os.kill(manager, signal.SIGKILL)
@@ -174,7 +181,7 @@ def test_a_killed_manager_ends_the_run_instead_of_hanging(tmp_path):
 def test_two_concurrent_runs_the_second_exits_3(tmp_path):
     src = sparse_source(tmp_path, 2 << 30)
     dst = tmp_path / "dst"
-    first = start("copy", src, dst, "--no-sparse")
+    first = start("copy", src, dst, "--no-sparse", whole=True)
     wait_for_temp(dst)
     try:
         second = run_mirror("sync", src, dst)
@@ -267,7 +274,7 @@ def test_no_helper_outlives_a_master_killed_with_9(tmp_path):
     dst = tmp_path / "dst"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    process = start("copy", src, dst, "-j", "2", "--no-sparse", env={**os.environ, "TMPDIR": str(tmp)})
+    process = start("copy", src, dst, "-j", "2", "--no-sparse", env={**os.environ, "TMPDIR": str(tmp)}, whole=True)
     wait_for_temp(dst)
     helpers = [pid for _, pid in children(process.pid)]
     assert len(helpers) >= 3  # the manager and two workers

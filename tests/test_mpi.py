@@ -152,6 +152,43 @@ def test_an_mpi_job_makes_the_same_tree_and_summary_as_the_pool(tmp_path):
     assert (check.returncode, summary(check)["differences"], summary(check)["workers_used"]) == (0, 0, 2)
 
 
+# sitecustomize for the job's ranks: each part of a big file a rank copies adds its pid to $PART_NOTES
+PART_HOOK = """
+import os
+notes = os.environ.get("PART_NOTES")
+if notes:
+    from mirror.run import worker
+    real = worker.copy_part
+
+    def logged(applier, part, on_bytes):
+        with open(notes, "a") as out:
+            out.write(f"{os.getpid()}\\n")
+        return real(applier, part, on_bytes)
+
+    worker.copy_part = logged
+"""
+
+
+@needs_mpi
+def test_the_parts_of_a_big_file_are_copied_by_several_ranks(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "image", "wb") as image:
+        image.truncate(200 << 20)  # with --no-sparse: 200 MiB to write, in 4 parts of 64 MiB
+    hook, notes = tmp_path / "hook", tmp_path / "parts"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(PART_HOOK)
+    path = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+
+    job = run_job(3, "copy", "--json", "--no-sparse", "--engine", "mpi", src, tmp_path / "dst",
+                  env={**os.environ, "PYTHONPATH": path, "PART_NOTES": str(notes)})
+
+    assert job.returncode == 0, job.stderr
+    assert snapshot(tmp_path / "dst") == snapshot(src) and temp_files(tmp_path / "dst") == []
+    ranks = notes.read_text().split()
+    assert len(ranks) == 4 and len(set(ranks)) == 2, "both worker ranks copied parts of the one file"
+
+
 @needs_mpi
 def test_auto_runs_on_the_ranks_of_a_job_and_on_the_pool_elsewhere(tmp_path):
     src = build(tmp_path / "src", {f"d{i}/f": b"x" for i in range(20)})

@@ -6,9 +6,10 @@ from typing import NamedTuple, Protocol, Union
 
 from .folders import FolderTask
 from .messages import Batch, WorkerReport
+from .parts import Part
 from .worker import Worker, WorkerSpec
 
-Task = Union[Batch, FolderTask]
+Task = Union[Batch, FolderTask, Part]
 
 
 class LostTask(NamedTuple):

@@ -11,6 +11,7 @@ from .copyfile import discard
 from .engine import Task
 from .folders import FolderResult, FolderTask
 from .messages import Batch, WorkerReport
+from .parts import Part, PartDone
 
 
 WORKER_DIED = "a worker process died while doing this"
@@ -21,6 +22,8 @@ def failed_report(task: Task) -> WorkerReport:
     error = OSError(errno.EIO, WORKER_DIED)
     if isinstance(task, Batch):
         return WorkerReport(task.id, tuple(Outcome.failed(a, error) for a in task.actions), 0, True)
+    if isinstance(task, Part):  # the file fails with it, once its other parts are in
+        return WorkerReport(task.id, (), 0, True, PartDone(task.action.path, 0, error))
     problems = tuple(Problem(folder.src.path, Severity.ERROR, WORKER_DIED + " folder", error)
                      for folder in task.folders)
     chunks_done = tuple(ChunkDone(folder.src.path, False) for folder in task.folders if folder.chunk)

@@ -24,6 +24,8 @@ from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, S
 from .messages import Batch, WorkerReport
 from .fastcopy import BIG_FILE
 from .folders import Folder, FolderResult, FolderTask, replaces_folder
+from .apply import Applier
+from .parts import SPLIT_MIN, Part, PartDone, SplitFiles
 
 HEARTBEAT_S = 0.5           # a Progress(0) at least this often: the sinks' clocks run
 BATCH_FILES = 256
@@ -80,6 +82,11 @@ class Runner:
         # big folders split in chunks: path -> [chunks not done, any changed, SRC's, DST's entry]
         self.splits: dict[bytes, list] = {}
         self.last_event = 0.0
+        # Big files are copied by several workers at once where SRC gives descriptors
+        src = self.planner.src
+        self.split_files = (SplitFiles(Applier(src, dst_root, mode, options))
+                            if self.width > 1 and not self.checking and not options.dry_run
+                            and src.copier(copy_descriptors) is copy_descriptors else None)
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -103,6 +110,8 @@ class Runner:
             raise
         finally:
             self.planner.close()
+            if self.split_files is not None:
+                self.split_files.abandon()  # nothing, unless the run stopped halfway
             self.report.workers_used = self.engine.workers_used
         self.report.elapsed_s = time.monotonic() - started
         return self.report
@@ -134,7 +143,11 @@ class Runner:
                 if self.dst_full is not None:  # no new write is started in a full DST
                     self.hold_back(self.batches.popleft())
                     continue
-                self.submit(Batch(self.tasks, tuple(self.batches.popleft())))
+                actions = self.batches.popleft()
+                if len(actions) == 1 and self.split_files is not None and actions[0].size >= SPLIT_MIN:
+                    self.split(actions[0])
+                else:
+                    self.submit(Batch(self.tasks, tuple(actions)))
             while self.folders and self.engine.pending < limit:
                 self.submit_folders()
             if not self.folders and not self.folders_pending:
@@ -215,7 +228,9 @@ class Runner:
         if report.nbytes:  # after the files it finishes, so a bar drawn now counts them
             self.last_event = time.monotonic()
             self.on_event(Progress(report.nbytes))
-        if report.result is not None:
+        if type(report.result) is PartDone:
+            self.part_done(report.result)
+        elif report.result is not None:
             self.walk[0] += self.folder_counts.pop(report.task_id, 0)
             self.take_folder(report.result)
 
@@ -241,6 +256,24 @@ class Runner:
                 self.replacements.append(action)
         self.add_to_batches(result.handoff)
         self.add_to_batches(self.decide_linked(result.linked))
+
+    def split(self, action: Action) -> None:
+        """A big file: its parts go to every worker free (see parts.py)."""
+        try:
+            tmp, parts = self.split_files.start(action)
+        except OSError as error:
+            self.record(Outcome.failed(action, error))
+            return
+        for extents in parts:
+            self.submit(Part(self.tasks, action, tmp, extents))
+
+    def part_done(self, done: PartDone) -> None:
+        finished = self.split_files.part_done(done)
+        if finished is not None:
+            outcome, nbytes = finished
+            if outcome.status is not Status.DONE and nbytes:
+                self.on_event(Progress(-nbytes))  # progress counts only what was copied
+            self.record(outcome)
 
     def chunk_done(self, path: bytes, changed: bool) -> None:
         """Once every chunk of a big folder is planned, the folder's own metadata is."""
@@ -389,6 +422,11 @@ class Runner:
         self.report.warnings.append(self.report.deletions_skipped)
         self.report.held_back = [action.path for action in self.deletions]
         return False
+
+
+def copy_descriptors(src_fd: int, dst_fd: int, size: int, on_bytes) -> int:
+    """A stand-in copier: a tree whose copier(local) gives it back opens files as descriptors."""
+    raise NotImplementedError
 
 
 @contextmanager

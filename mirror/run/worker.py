@@ -12,6 +12,7 @@ from ..plan.tree import LocalTree, SourceTree
 from .apply import Applier, Copied
 from .folders import FolderTask, run_folders
 from .messages import Batch, Done, WorkerReport
+from .parts import Part, copy_part
 
 REPORT_EVERY_S = 0.1
 STOPPED = 128 + 15   # a worker stopped by the master (SIGTERM)
@@ -47,11 +48,13 @@ class Worker:
         self.last_report = 0.0
         self.stopping = False  # set by a stop signal: the work ends at the next safe point
 
-    def run(self, task: Batch | FolderTask, emit: Emit) -> None:
+    def run(self, task: Batch | FolderTask | Part, emit: Emit) -> None:
         self.emit, self.task_id, self.last_report = emit, task.id, time.monotonic()
         result = None
         if isinstance(task, FolderTask):
             result = run_folders(task, self.planner, self.applier.apply, self.applier.apply_all, self.finish)
+        elif type(task) is Part:
+            result = copy_part(self.applier, task, self.count_bytes)
         else:
             self.planner.src.prefetch(files=[action.src for action in task.actions if action.op is COPY])
             self.finish_all(task.actions)
