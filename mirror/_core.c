@@ -2,12 +2,16 @@
  *
  * list_pair and stat_pair list a folder pair by descriptors as plan/scan.py's functions of
  * those names do, and leave out the regular files the quick check finds unchanged before any
- * Python object is made for them. copy_files copies a batch of small files of one SRC folder into one DST folder with their
+ * Python object is made for them; a slow (remote) store is left to the pure code's threads.
+ *
+ * copy_files copies a batch of small files of one SRC folder into one DST folder with their
  * metadata, exactly as run/copyfile.py's FileCopier does for each (descriptor-relative,
  * O_NOFOLLOW, an O_TMPFILE inode linked under a new name or an O_EXCL temporary name renamed
  * over an old one, the bytes moved by the ladder's method for DST's filesystem, metadata on
  * the descriptor). It decides nothing: any item it cannot finish is undone and declined, and
  * the pure code redoes it, so errors, retries and edge cases are decided in one place.
+ *
+ * Both release the GIL for their system calls (Python objects are read before, made after).
  *
  * Linux only (O_TMPFILE, copy_file_range, /proc/self/fd); where it does not build, mirror
  * runs its pure-Python code.

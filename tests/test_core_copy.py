@@ -40,7 +40,8 @@ def planned(src, dst, names, reason=Reason.MISSING) -> list[Action]:
     for name in names:
         path = os.path.join(os.fsencode(dst), name)
         old = entry_from_stat(name, os.lstat(path)) if os.path.lexists(path) else None
-        actions.append(Action(Op.COPY, name, reason, entry_from_stat(name, os.lstat(os.path.join(os.fsencode(src), name))), old))
+        listed = entry_from_stat(name, os.lstat(os.path.join(os.fsencode(src), name)))
+        actions.append(Action(Op.COPY, name, reason, listed, old))
     return actions
 
 

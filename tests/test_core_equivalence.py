@@ -25,8 +25,13 @@ MODES = st.sampled_from([0o644, 0o600, 0o755, 0o444, 0o000, 0o4755, 0o2750, 0o67
 SIZES = st.one_of(st.integers(0, 300), st.integers(0, SPARSE_MIN + 100))  # some past the small ones
 MTIMES = st.integers(10**8, 2 * 10**9).map(lambda seconds: seconds * 10**9 + seconds % 999_999_937)
 IDS = st.sampled_from([0, 1, 65534]) if ROOT else st.just(os.getuid())
-FILES = st.builds(lambda size, mode, mtime, uid, seed: (File(random.Random(seed).randbytes(size), mode, mtime), uid),
-                  SIZES, MODES, MTIMES, IDS, st.integers(0, 3))
+
+
+def a_file(size: int, mode: int, mtime: int, uid: int, seed: int) -> tuple[File, int]:
+    return File(random.Random(seed).randbytes(size), mode, mtime), uid
+
+
+FILES = st.builds(a_file, SIZES, MODES, MTIMES, IDS, st.integers(0, 3))
 ENTRIES = st.one_of(FILES, FILES, st.just((Dir(), None)), st.just((Dir(0o2775), None)),
                     st.sampled_from([(Link("a"), None), (Link(b"\xff/../x"), None), (Fifo(), None)]))
 TREES = st.dictionaries(PATHS, ENTRIES, max_size=14)

@@ -25,10 +25,12 @@ def setuptools_builds_wheels() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(not setuptools_builds_wheels(), reason="needs setuptools >= 70.1 (the test extra installs it)")
+@pytest.mark.skipif(not setuptools_builds_wheels(),
+                    reason="needs setuptools >= 70.1 (the test extra installs it)")
 def test_without_a_compiler_mirror_installs_and_runs_its_pure_core(tmp_path, make_tree):
     source = tmp_path / "checkout"  # what a clean clone has: no core built in place
-    shutil.copytree(CHECKOUT / "mirror", source / "mirror", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(CHECKOUT / "mirror", source / "mirror",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(CHECKOUT / name, source)
     no_tools = tmp_path / "bin"  # a PATH without cc or gcc, and CC that fails as well
@@ -42,7 +44,8 @@ def test_without_a_compiler_mirror_installs_and_runs_its_pure_core(tmp_path, mak
         env={**env, "PATH": str(no_tools), "CC": "/bin/false"}, capture_output=True, text=True, timeout=280)
 
     assert install.returncode == 0, install.stdout + install.stderr
-    assert list(target.glob("mirror/_core*")) == [] and (target / "mirror" / "core.py").exists()  # nor the C source
+    # neither the module nor its C source
+    assert list(target.glob("mirror/_core*")) == [] and (target / "mirror" / "core.py").exists()
     installed = {**env, "PYTHONPATH": str(target)}
     version = subprocess.run([sys.executable, "-m", "mirror", "--version"], env=installed,
                              capture_output=True, text=True, cwd=tmp_path)

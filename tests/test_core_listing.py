@@ -1,4 +1,4 @@
-"""The compiled listing of a folder pair answers as scan's pure functions do, and is what plans local trees."""
+"""The compiled listing of a folder pair answers as scan's pure functions, and plans local trees."""
 from __future__ import annotations
 
 import os
@@ -34,8 +34,10 @@ def edited(side: dict, edits: list, extra: dict) -> dict:
         if edit != "gone":
             other[name] = {"same": (kind, size, mtime, mode, uid),
                            "kind": ("dir" if kind == "file" else "file", size, mtime, mode, uid),
-                           "size": (kind, size + 1, mtime, mode, uid), "mtime": (kind, size, mtime + 1, mode, uid),
-                           "mode": (kind, size, mtime, mode ^ 0o044, uid), "uid": (kind, size, mtime, mode, 1 - uid)}[edit]
+                           "size": (kind, size + 1, mtime, mode, uid),
+                           "mtime": (kind, size, mtime + 1, mode, uid),
+                           "mode": (kind, size, mtime, mode ^ 0o044, uid),
+                           "uid": (kind, size, mtime, mode, 1 - uid)}[edit]
     return {**extra, **other}
 
 
@@ -67,8 +69,8 @@ def plain(listed) -> tuple:
     if len(listed) == 2:  # names alone
         return sorted(listed[0]), sorted(listed[1])
     unchanged, src, dst = listed
-    return unchanged, *({name: tuple(getattr(st, field) for field in FIELDS) for name, st in sorted(side.items())}
-                        for side in (src, dst))
+    return unchanged, *({name: tuple(getattr(st, field) for field in FIELDS)
+                         for name, st in sorted(side.items())} for side in (src, dst))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

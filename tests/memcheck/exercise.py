@@ -84,7 +84,8 @@ assert copy_all(EVERY[:2], Ladder.LOOP) == [-errno.EEXIST] * 2  # listed as new:
 replace = [action(b"small", new=False), action(LONG, new=False)]
 assert copy_all(replace, Ladder.RANGE, anonymous=True) == [100, 3000]  # renamed over the old ones
 odd = Action(Op.COPY, b"small\0x", Reason.MISSING, EVERY[1].src, None)
-assert copy_all([odd, Action(Op.COPY, b"dir/", Reason.MISSING, EVERY[1].src, None)], Ladder.LOOP) == [-errno.EINVAL] * 2
+no_name = Action(Op.COPY, b"dir/", Reason.MISSING, EVERY[1].src, None)
+assert copy_all([odd, no_name], Ladder.LOOP) == [-errno.EINVAL] * 2
 a_file = os.open(os.path.join(src, b"small"), os.O_RDONLY)
 assert copy_all(EVERY[:1], Ladder.LOOP, src_fd=a_file) == [-errno.ENOTDIR]
 assert copy_all(EVERY[1:2], Ladder.LOOP, dst_fd=a_file) == [-errno.ENOTDIR]
@@ -100,9 +101,10 @@ assert sorted(os.listdir(dst)) == sorted([b"empty", b"small", LONG])  # no tempo
 dst_fd = os.open(dst, os.O_RDONLY)
 for wrong, error in (
         ((0, 0, [("x",)], FolderFacts(), True, 0, True), TypeError),
-        ((0, 0, [Action(Op.COPY, "str", Reason.MISSING, EVERY[1].src)], FolderFacts(), True, 0, True), TypeError),
-        ((0, 0, [Action(Op.COPY, b"x", Reason.MISSING, EVERY[1].src._replace(mode="0"))], FolderFacts(), True, 0, True),
+        ((0, 0, [Action(Op.COPY, "str", Reason.MISSING, EVERY[1].src)], FolderFacts(), True, 0, True),
          TypeError),
+        ((0, 0, [Action(Op.COPY, b"x", Reason.MISSING, EVERY[1].src._replace(mode="0"))], FolderFacts(),
+          True, 0, True), TypeError),
         ((0, 0, [Action(Op.COPY, b"x", Reason.MISSING, (1, 2))], FolderFacts(), True, 0, True), TypeError),
         ((0, 0, 5, FolderFacts(), True, 0, True), TypeError),
         ((0, 0, [], object(), True, 0, True), AttributeError),
@@ -148,7 +150,8 @@ def plain(listed):
 for owner in (None, True, False):
     for most in (-1, 2):
         listed = core.list_pair(src_fd, dst_fd, owner, most, SLOW)
-        assert plain(listed) == plain(scan.list_pair(src_fd, dst_fd, owner, None if most < 0 else most)), listed
+        pure = scan.list_pair(src_fd, dst_fd, owner, None if most < 0 else most)
+        assert plain(listed) == plain(pure), listed
     asked = [b"small", b"gone", LONG, b"fifo", b"never"]
     listed = core.stat_pair(src_fd, dst_fd, asked, asked, owner, SLOW)
     assert plain(listed) == plain(scan.stat_pair(src_fd, dst_fd, asked, asked, owner)), listed
