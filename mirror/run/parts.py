@@ -13,7 +13,7 @@ import errno
 import os
 from typing import NamedTuple
 
-from ..model import Action, Outcome, SourceError
+from ..model import Action, Mode, Outcome, SourceError
 from ..paths import join, split, temp_name
 from .apply import Applier
 from .copyfile import WRITE_FLAGS, SourceChanged, discard, set_meta
@@ -86,6 +86,19 @@ def cut(extents: list[tuple[int, int]], part_bytes: int) -> list[Extents]:
     if current or not parts:  # an empty file, or all holes: one part, with nothing to copy
         parts.append(tuple(current))
     return parts
+
+
+def splitting(src, dst_root: bytes, mode, options, width: int) -> SplitFiles | None:
+    """The master's SplitFiles, where big files are split: two workers or more, a run that
+    writes, and a SRC whose `open` gives descriptors (its copier(local) is `local`)."""
+    if width < 2 or options.dry_run or mode is Mode.CHECK or src.copier(copy_descriptors) is not copy_descriptors:
+        return None
+    return SplitFiles(Applier(src, dst_root, mode, options))
+
+
+def copy_descriptors(src_fd: int, dst_fd: int, size: int, on_bytes) -> int:
+    """A stand-in copier: what a tree's copier(local) gives back when its files are descriptors."""
+    raise NotImplementedError
 
 
 class SplitFiles:

@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import errno
-import signal
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-from ..errors import (HeldStop, Interrupted, Terminated, arm_stop_signals, raise_stop, signal_number,
-                      take_stop)
+from ..errors import HeldStop, Interrupted, Terminated, signal_number, take_stop
 from ..model import (RETRYABLE, Action, Mode, NotWritten, Op, Outcome, Problem, Status,
                      fills_dst)
 from ..options import Options
@@ -24,8 +20,8 @@ from ..events import Discovered, Event, Finished, Noticed, Progress, Retrying, S
 from .messages import Batch, WorkerReport
 from .fastcopy import BIG_FILE
 from .folders import Folder, FolderResult, FolderTask, replaces_folder
-from .apply import Applier
-from .parts import SPLIT_MIN, Part, PartDone, SplitFiles
+from .parts import SPLIT_MIN, Part, PartDone, splitting
+from .signals import sigterm_raises
 
 HEARTBEAT_S = 0.5           # a Progress(0) at least this often: the sinks' clocks run
 BATCH_FILES = 256
@@ -83,10 +79,7 @@ class Runner:
         self.splits: dict[bytes, list] = {}
         self.last_event = 0.0
         # Big files are copied by several workers at once where SRC gives descriptors
-        src = self.planner.src
-        self.split_files = (SplitFiles(Applier(src, dst_root, mode, options))
-                            if self.width > 1 and not self.checking and not options.dry_run
-                            and src.copier(copy_descriptors) is copy_descriptors else None)
+        self.split_files = splitting(self.planner.src, dst_root, mode, options, self.width)
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -422,28 +415,3 @@ class Runner:
         self.report.warnings.append(self.report.deletions_skipped)
         self.report.held_back = [action.path for action in self.deletions]
         return False
-
-
-def copy_descriptors(src_fd: int, dst_fd: int, size: int, on_bytes) -> int:
-    """A stand-in copier: a tree whose copier(local) gives it back opens files as descriptors."""
-    raise NotImplementedError
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM, and SIGHUP unless the program has its own use for it, into an exception in
-    the master, so the run can stop cleanly; the command line's handlers drop them once the
-    work is done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [signal.SIGTERM] + [signal.SIGHUP] * (signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)
-    previous = {signum: signal.signal(signum, raise_stop) for signum in wanted}
-    arm_stop_signals(True)
-    try:
-        yield
-        arm_stop_signals(False)  # a stop now would only cut the summary short
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
