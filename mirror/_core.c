@@ -625,20 +625,37 @@ static PyObject *listing_of(const side_t *side, PyTypeObject *type)
     return listing;
 }
 
-/* Every name a side kept (a big folder's: a million records would cost 100 MB), as bytes. */
+static int compare_at(const void *one, const void *other, void *names)
+{
+    /* unsigned bytes, as Python orders bytes (a name holds no NUL) */
+    return strcmp((const char *)names + *(const size_t *)one, (const char *)names + *(const size_t *)other);
+}
+
+/* Every name a side kept (a big folder's: a million records would cost 100 MB), as bytes,
+ * sorted here: the caller cuts them in name order, and a sort in C of 200,000 names takes
+ * 30 ms where Python's took 0.2 s a side. */
 static PyObject *names_of(const side_t *side)
 {
+    size_t *at = PyMem_Malloc((side->named ? side->named : 1) * sizeof *at);
+    if (!at)
+        return PyErr_NoMemory();
+    size_t offset = 0;
+    for (size_t i = 0; i < side->named; i++) {
+        at[i] = offset;
+        offset += strlen(side->names + offset) + 1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    qsort_r(at, side->named, sizeof *at, compare_at, side->names);
+    Py_END_ALLOW_THREADS
     PyObject *names = PyList_New((Py_ssize_t)side->named);
-    size_t at = 0;
     for (Py_ssize_t i = 0; names && i < (Py_ssize_t)side->named; i++) {
-        size_t length = strlen(side->names + at);
-        PyObject *name = PyBytes_FromStringAndSize(side->names + at, (Py_ssize_t)length);
+        PyObject *name = PyBytes_FromString(side->names + at[i]);
         if (!name)
             Py_CLEAR(names);
         else
             PyList_SET_ITEM(names, i, name);
-        at += length + 1;
     }
+    PyMem_Free(at);
     return names;
 }
 

@@ -153,3 +153,15 @@ def test_local_trees_are_planned_by_the_compiled_listing(make_tree, tmp_path, mo
     assert report.files_skipped == 60
     # the root's three folders, then three folders of unchanged files: no object for any
     assert sorted(answers) == [(0, 3, 3), (20, 0, 0), (20, 0, 0), (20, 0, 0)]
+
+
+def test_a_big_folder_s_names_come_sorted_so_that_cutting_them_costs_no_sort_in_python(make_tree):
+    names = [b"%05d" % number for number in range(0, 3000, 7)]
+    root = make_tree({**{name.decode(): b"" for name in names[::-1]}, os.fsdecode(b"\xff"): b"", "a": b""})
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        src_names, dst_names = core.list_pair(fd, fd, True, 10)
+    finally:
+        os.close(fd)
+
+    assert src_names == sorted(names + [b"\xff", b"a"]) == dst_names
