@@ -210,3 +210,14 @@ def test_mirror_copy_spreads_a_sparse_image_over_the_workers_by_its_data(tmp_pat
     lines = part_log.read_text().split("\n")[:-1]
     assert sorted(int(line.split()[1]) for line in lines) == [0, 12 * MIB, 24 * MIB, 36 * MIB]
     assert len({line.split()[0] for line in lines}) == 2, "both workers copied parts"
+
+
+def test_big_files_go_whole_while_others_wait_and_only_the_last_is_split(tmp_path, part_log):
+    first = big_file(tmp_path / "src", "a.img")
+    big_file(tmp_path / "src", "b.img")
+
+    report = copy_tree(tmp_path / "src", tmp_path / "dst", Options(jobs=2))
+
+    assert report.exit_code == 0 and snapshot(tmp_path / "dst") == snapshot(tmp_path / "src")
+    assert (tmp_path / "dst/a.img").read_bytes() == first
+    assert len(part_log.read_text().split("\n")[:-1]) == SIZE // (4 * MIB), "one file in parts"
