@@ -708,9 +708,14 @@ def listing(*items: tuple[bytes, Listed]) -> bytes:
     return wire.pack_entries(list(items)) + wire.frame(Frame.END)
 
 
+class Cut(bytes):
+    """A reply after which HostileServer hangs up (a server that dies mid-frame)."""
+
+
 class HostileServer:
     """Does the handshake right, then answers LIST with `listings` (END for a folder it does not
-    know) and READ with `reads` (a PWNED file of the listed size for a path it does not know)."""
+    know) and READ with `reads` (a PWNED file of the listed size for a path it does not know);
+    a Cut reply closes the connection once sent."""
 
     def __init__(self, listings: dict[bytes, bytes], reads: dict[bytes, bytes]) -> None:
         self.listings, self.reads = listings, reads
@@ -745,6 +750,9 @@ class HostileServer:
                     else:
                         reply = wire.pack_error(errno.EIO, "no digests here")
                     sock.sendall(reply)
+                    if isinstance(reply, Cut):  # the reader made by makefile keeps it open
+                        sock.shutdown(socket.SHUT_RDWR)
+                        return
             except OSError:
                 pass
 

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from ..errors import MirrorError
 from ..model import SourceError
 from . import DEFAULT_PORT, SCHEME, wire
+from .stream import Link
 from .wire import Frame, ProtocolError
 
 CONNECT_S = 10.0
@@ -83,15 +84,15 @@ class Connection:
             raise OSError(error.errno or errno.ECONNREFUSED,
                           error.strerror or str(error)) from None
         self.sock = self.raw = raw
-        self.stream = None
+        self.link: Link | None = None
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if address.tls_ca is not None:
                 from .credentials import client_tls
                 self.sock = client_tls(address.tls_ca).wrap_socket(raw, server_hostname=address.host)
-            self.stream = self.sock.makefile("rb", buffering=1 << 18)
+            self.link = Link(self.sock, CONNECT_S)
             self.greet()
-            self.sock.settimeout(REPLY_S)
+            self.link.set_timeout(REPLY_S)
         except BaseException as error:
             self.close()
             if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
@@ -123,40 +124,35 @@ class Connection:
             raise Refused(errno.EACCES, "the server could not prove it holds the token")
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        self.link.send(data)
 
     def read(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, bytes]:
-        header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
-            raise EOFError
-        kind, length = wire.parse_header(header, limit)
+        kind, length = self.read_header(limit)
         return kind, self.read_exact(length)
 
-    def read_header(self) -> tuple[Frame, int]:
-        header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
+    def read_header(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, int]:
+        header = self.link.header(limit)
+        if header is None:
             raise EOFError
-        return wire.parse_header(header, wire.MAX_REPLY)
+        return header
 
     def read_exact(self, count: int) -> bytes:
-        data = self.stream.read(count) if count else b""
+        data = self.link.take(count) if count else b""
         if len(data) < count:
             raise EOFError
         return data
 
-    def read_into(self, view: memoryview) -> None:
-        while view:
-            count = self.stream.readinto(view)
-            if not count:
-                raise EOFError
-            view = view[count:]
+    def payload_to(self, fd: int, count: int, offset: int) -> None:
+        """The DATA payload of `count` bytes into file `fd` at `offset` (WriteFailed: DST's)."""
+        self.link.payload_to(fd, count, offset)
 
     def close(self) -> None:
-        """Close for good: the buffered reader holds the socket open too (makefile)."""
-        for part in (self.stream, self.sock, self.raw):
+        """Close for good: the socket, the TLS layer over it, and the splice pipe."""
+        if self.link is not None:
+            self.link.close()
+        for part in (self.sock, self.raw):
             try:
-                if part is not None:
-                    part.close()
+                part.close()
             except OSError:
                 pass
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import ipaddress
 import os
 import socket
@@ -16,6 +15,7 @@ from ..model import display
 from ..paths import split
 from ..plan.tree import LocalTree, unchanged
 from . import wire
+from .stream import Link
 from .wire import Frame, ProtocolError
 
 HANDSHAKE_S = 10.0          # to say hello and prove the token, in all (TLS's handshake too)
@@ -26,6 +26,7 @@ CONNECTIONS_PER_CLIENT = 256
 LINGER_S = 3.0              # a run's master reconnects after its workers start: one log line
 SMALL_FILE = 1 << 16        # read at once and sent with its header and end in one send
 LIST_FRAME = 1 << 19        # bytes of entries per ENTRIES frame
+REQUESTS_BUFFER = 64 << 10  # requests read at once (each at most 8 KiB)
 
 Log = Callable[[str], None]
 
@@ -163,13 +164,13 @@ class Server:
             raw.settimeout(HANDSHAKE_S)  # TLS's handshake: CPython counts it in all, not per byte
             if self.tls is not None:
                 sock = self.tls.wrap_socket(raw, server_side=True)
-            channel = Channel(sock)
-            channel.deadline = time.monotonic() + HANDSHAKE_S
+            channel = Channel(sock, HANDSHAKE_S)
+            channel.link.deadline = time.monotonic() + HANDSHAKE_S  # in all, not per byte
             session = self.greet(channel, peer)
-            channel.deadline = None
+            channel.link.deadline = None
             greeting = self.greeted(peer)
             if session is not None:
-                sock.settimeout(self.idle_s)
+                channel.link.set_timeout(self.idle_s)
                 Handler(self, channel, session).run()
         except (ProtocolError, EOFError, OSError) as error:
             if isinstance(error, socket.timeout):
@@ -268,46 +269,28 @@ def is_loopback(host: str) -> bool:
 
 
 class Channel:
-    """Frames over one socket: buffered reads, whole sends."""
+    """Frames over one socket (stream.Link)."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.stream = sock.makefile("rb", buffering=1 << 16)
-        self.plain = not hasattr(sock, "version")  # an SSLSocket cannot sendfile
-        self.deadline: float | None = None  # the handshake's: when it must be done
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.link = Link(sock, timeout, REQUESTS_BUFFER)
+        self.plain = self.link.plain  # an SSLSocket cannot sendfile
 
     def read(self, limit: int) -> tuple[Frame, bytes]:
         """The next frame; EOFError if the peer closed between frames, ProtocolError if it
         closed inside one (a truncated frame)."""
-        header = self.take(wire.HEADER.size)
-        if not header:
+        header = self.link.header(limit)
+        if header is None:
+            if self.link.pending():
+                raise ProtocolError("truncated frame header")
             raise EOFError("connection closed")
-        kind, length = wire.parse_header(header, limit)
-        payload = self.take(length)
+        kind, length = header
+        payload = self.link.take(length)
         if len(payload) < length:
             raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
         return kind, payload
 
-    def take(self, count: int) -> bytes:
-        """`count` bytes, fewer if the peer closes. Before the deadline if one is set (a socket
-        timeout counts from each byte: a peer dripping bytes would never reach it), read straight
-        from the socket then, so that nothing is buffered ahead of the stream."""
-        if self.deadline is None:
-            return self.stream.read(count)
-        data = b""
-        while len(data) < count:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("handshake not done in time")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(count - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        self.link.send(data)
 
 
 class Handler:
@@ -407,20 +390,19 @@ class Handler:
         """DATA frames of DATA_FRAME bytes by sendfile (no copy through Python); a file that
         shrank meanwhile has its frame filled up with zeros and is reported as changed."""
         sent = 0
-        with io.FileIO(fd, closefd=False) as source:
-            while sent < count:
-                chunk = min(wire.DATA_FRAME, count - sent)
-                self.channel.send(wire.HEADER.pack(chunk, Frame.DATA))
-                try:
-                    done = self.channel.sock.sendfile(source, offset + sent, chunk)
-                except OSError as error:  # the frame is cut: only closing keeps the stream whole
-                    if isinstance(error, (ConnectionError, socket.timeout)):
-                        raise
-                    raise ConnectionAbortedError(error.errno, f"reading failed: {error.strerror}") from None
-                if done < chunk:
-                    self.channel.send(bytes(chunk - done))
-                    return sent + done
-                sent += chunk
+        while sent < count:
+            chunk = min(wire.DATA_FRAME, count - sent)
+            self.channel.send(wire.HEADER.pack(chunk, Frame.DATA))
+            try:
+                done = self.channel.link.sendfile(fd, offset + sent, chunk)
+            except OSError as error:  # the frame is cut: only closing keeps the stream whole
+                if isinstance(error, (ConnectionError, socket.timeout)):
+                    raise
+                raise ConnectionAbortedError(error.errno, f"reading failed: {error.strerror}") from None
+            if done < chunk:
+                self.channel.send(bytes(chunk - done))
+                return sent + done
+            sent += chunk
         return sent
 
     def digest(self, path: bytes) -> None:

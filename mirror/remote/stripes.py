@@ -7,12 +7,12 @@ the others go over extra connections the tree keeps for the next big file.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 from ..model import SourceError
 from . import wire
 from .connection import Address, Connection, lost
+from .stream import WriteFailed
 from .wire import Frame, ProtocolError
 
 STRIPE_MIN = 32 << 20    # smaller files: one stream
@@ -32,14 +32,6 @@ def stripes(size: int) -> list[tuple[int, int]]:
 
 def first_length(size: int) -> int:
     return stripes(size)[0][1] if size >= STRIPE_MIN else wire.NO_LIMIT
-
-
-class WriteFailed(Exception):
-    """Writing to DST failed (not the connection): the error is DST's."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 class Helpers:
@@ -99,16 +91,11 @@ class Stripe:
             raise SourceError(*wire.parse_error(payload), self.path)
         if kind is not Frame.FILE:
             raise ProtocolError(f"{kind.name} instead of a file")
-        buffer = memoryview(bytearray(wire.DATA_FRAME))
         while True:
             kind, length = conn.read_header()
             if kind is Frame.DATA and not self.stopped:
                 wire.check_data(length, self.received, request.length)
-                conn.read_into(buffer[:length])
-                try:
-                    write_at(self.out, buffer[:length], request.offset + self.received)
-                except OSError as error:
-                    raise WriteFailed(error) from None
+                conn.payload_to(self.out, length, request.offset + self.received)
                 self.received += length
             elif kind is Frame.EOF:
                 self.same, sent = wire.parse_eof(conn.read_exact(length))
@@ -168,9 +155,3 @@ def abandon(running: list[Stripe]) -> None:
         stripe.stop()
     for stripe in running:
         stripe.thread.join(5)
-
-
-def write_at(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view, offset = view[done:], offset + done

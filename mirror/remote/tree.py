@@ -12,6 +12,7 @@ from ..plan.scan import entry_from_stat
 from . import wire
 from ..run.fastcopy import preallocate
 from .connection import Address, Connection, lost
+from .stream import WriteFailed
 from .stripes import STRIPE_MIN, Helpers, abandon, finish, first_length, stripes
 from .wire import Frame, ProtocolError
 
@@ -62,7 +63,6 @@ class RemoteTree:
         self.in_flight = self.request_bytes = 0
         self.down: tuple[OSError, float] | None = None
         self.helpers = Helpers(address)  # extra connections for big files
-        self.buffer: memoryview | None = None  # one frame's bytes, this tree's own
         self.root_entry: Entry | None = None
         self.last_used = 0.0
 
@@ -143,15 +143,13 @@ class RemoteTree:
         return received
 
     def receive_stripe(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
-        if self.buffer is None:
-            self.buffer = memoryview(bytearray(wire.DATA_FRAME))
-        conn, received, view = handle.conn, 0, self.buffer
+        conn, received = handle.conn, 0
         while True:
             try:
                 kind, length = conn.read_header()
                 if kind is Frame.DATA:
                     wire.check_data(length, received, size)
-                    conn.read_into(view[:length])
+                    conn.payload_to(out, length, received)
                 elif kind is Frame.EOF:
                     handle.same, sent = wire.parse_eof(conn.read_exact(length))
                     wire.check_end(handle.same, sent, received, size)
@@ -159,10 +157,11 @@ class RemoteTree:
                     code, message = wire.parse_error(conn.read_exact(length))
                 else:
                     raise ProtocolError(f"{kind.name} inside a file")
+            except WriteFailed as failed:  # DST's error; the connection, mid-frame, is closed
+                raise failed.error from None  # by release()
             except (OSError, ProtocolError, EOFError) as error:
                 raise self.broken(error, handle.path, conn) from None
             if kind is Frame.DATA:
-                write_all(out, view[:length])
                 received += length
                 on_bytes(length)
                 continue
@@ -398,8 +397,3 @@ def skip_file(conn: Connection, request: Pending) -> None:
             raise ProtocolError(f"{kind.name} inside a file")
         wire.check_data(len(data), skipped, request.size)
         skipped += len(data)
-
-
-def write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]

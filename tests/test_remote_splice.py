@@ -1,0 +1,140 @@
+"""The client's receive path: DATA payloads go socket -> pipe -> file by splice where Linux allows,
+through the buffer where it does not, and a cut or a failed write mid-splice fails only that file,
+with nothing left in DST."""
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from conftest import file_size_limit, snapshot, temp_files
+from test_remote_security import Cut, HostileServer, Served, listing, local_tree, pull, regular
+from mirror import copy_tree
+from mirror.options import Options
+from mirror.remote import remote_tree, stream, wire
+from mirror.remote.wire import Frame
+from mirror.run.engine import InlineEngine
+
+pytestmark = pytest.mark.skipif(stream.SPLICE is None, reason="no os.splice here")
+
+BIG = (3 << 20) + 12345  # three whole DATA frames and a part: most of each goes by splice
+
+
+class Splices:
+    """os.splice counted (socket -> pipe and pipe -> file apart); `fail` makes the pipe -> file
+    leg raise that OSError from the `after`-th call on."""
+
+    def __init__(self, monkeypatch, fail: OSError | None = None, after: int = 0) -> None:
+        self.real = stream.SPLICE
+        self.into_pipe = self.into_file = 0
+        self.fail, self.after = fail, after
+        monkeypatch.setattr(stream, "SPLICE", self)
+
+    def __call__(self, src, dst, count, offset_src=None, offset_dst=None, flags=0):
+        if offset_dst is None:
+            self.into_pipe += 1
+        else:
+            self.into_file += 1
+            if self.fail is not None and self.into_file > self.after:
+                raise self.fail
+        return self.real(src, dst, count, offset_src=offset_src, offset_dst=offset_dst, flags=flags)
+
+
+@pytest.fixture
+def serve():
+    """serve(root) -> a Served in this process, stopped after the test."""
+    started: list[Served] = []
+    yield lambda root: started.append(Served(root, [])) or started[-1]
+    for served in started:
+        served.server.stop()
+
+
+def tree(make_tree):
+    return make_tree({"big": os.urandom(BIG), "d/small": os.urandom(5000), "d/mid": os.urandom(200_000),
+                      "d/empty": b""})
+
+
+def copy(url_or_tree, dst, **options):
+    """copy_tree in this process (InlineEngine): the patched splice is the one used."""
+    src = remote_tree(url_or_tree) if isinstance(url_or_tree, str) else url_or_tree
+    return copy_tree(src, dst, Options(**options), engine=InlineEngine)
+
+
+def url(served) -> str:
+    return f"mirror://{served.host}:{served.port}/"
+
+
+def test_big_frames_go_by_splice_and_arrive_whole(make_tree, serve, tmp_path, monkeypatch):
+    src = tree(make_tree)
+    splices = Splices(monkeypatch)
+
+    report = copy(url(serve(src)), tmp_path / "dst")
+
+    assert report.exit_code == 0, report.errors
+    assert snapshot(tmp_path / "dst") == snapshot(src)
+    assert splices.into_pipe >= 3 and splices.into_file >= splices.into_pipe  # 3 MiB through it
+
+
+def test_without_splice_the_same_bytes_come_through_the_buffer(make_tree, serve, tmp_path, monkeypatch):
+    src = tree(make_tree)
+    monkeypatch.setattr(stream, "SPLICE", None)
+    served = serve(src)
+
+    assert pull(served.address()) == local_tree(src)
+    report = copy(url(served), tmp_path / "dst")
+    assert report.exit_code == 0, report.errors
+    assert snapshot(tmp_path / "dst") == snapshot(src)
+
+
+def test_a_file_that_refuses_splice_gets_the_pipe_s_bytes_by_write(make_tree, serve, tmp_path, monkeypatch):
+    """EINVAL from pipe -> file (a filesystem without splice_write): what the pipe already holds
+    is read back and written, and the rest of the run goes through the buffer."""
+    src = tree(make_tree)
+    splices = Splices(monkeypatch, fail=OSError(errno.EINVAL, "Invalid argument"))
+
+    report = copy(url(serve(src)), tmp_path / "dst")
+
+    assert report.exit_code == 0, report.errors
+    assert snapshot(tmp_path / "dst") == snapshot(src)
+    assert splices.into_file == 1 and splices.into_pipe == 1  # tried once, then never again
+
+
+def test_a_server_cut_mid_splice_fails_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    size = 4 << 20
+    cut = Cut(wire.frame(Frame.FILE, wire.pack_stat(regular(size)))
+              + wire.HEADER.pack(wire.DATA_FRAME, Frame.DATA) + b"x" * (700 << 10))  # then it hangs up
+    server = HostileServer({b"": listing((b"f", regular(size)))}, {b"f": cut})
+    splices = Splices(monkeypatch)
+    try:
+        report = copy(f"mirror://127.0.0.1:{server.port}/", tmp_path / "dst", retries=0)
+    finally:
+        server.close()
+
+    assert report.files_failed == 1 and report.exit_code == 1
+    assert report.errors[0].error.errno == errno.ECONNRESET, report.errors
+    assert splices.into_pipe >= 1  # the cut came while splicing, not while the buffer filled
+    assert os.listdir(tmp_path / "dst") == [] and temp_files(tmp_path / "dst") == []
+
+
+def test_a_dst_write_failing_mid_splice_is_dst_s_error_and_the_run_goes_on(make_tree, serve, tmp_path,
+                                                                          monkeypatch):
+    """EFBIG half way through the big file: that file fails with DST's error (not a lost
+    connection), the pipe and the connection (both mid-frame) are dropped, the other files
+    arrive, and a run without the limit completes."""
+    src = tree(make_tree)
+    splices = Splices(monkeypatch)
+    served = serve(src)
+
+    with file_size_limit(1 << 20):
+        failed = copy(url(served), tmp_path / "dst", retries=0)
+
+    assert failed.files_failed == 1 and failed.exit_code == 1
+    assert failed.errors[0].error.errno == errno.EFBIG, failed.errors
+    assert os.fsencode(tmp_path / "dst") in failed.errors[0].error.filename  # DST's, not SRC's
+    assert splices.into_file >= 1
+    assert temp_files(tmp_path / "dst") == [] and not (tmp_path / "dst" / "big").exists()
+    assert (tmp_path / "dst" / "d" / "mid").read_bytes() == (src / "d" / "mid").read_bytes()
+    report = copy(url(served), tmp_path / "dst")
+    assert report.exit_code == 0, report.errors
+    assert snapshot(tmp_path / "dst") == snapshot(src)
