@@ -845,9 +845,10 @@ server.serve_forever()
 CLIENTS = 64
 STALL_READS = 400
 IDLE_S = 120.0  # longer than the test: the stalled client is still there when the others finish
-# The server holds, per connection, a 64 KiB read buffer, at most one small file (64 KiB, read
-# whole) or a 1 MiB frame header and a sendfile (no copy), a listing of this small tree and a
-# thread's stack pages: well under 1 MiB each, so 66 connections need less than 64 MiB more.
+# The server holds, per connection, a 64 KiB read buffer, at most 256 KiB of replies gathered
+# (small files read whole) or a 1 MiB frame header and a sendfile (no copy), a listing of this
+# small tree and a thread's stack pages: well under 1 MiB each, so 66 connections need less than
+# 64 MiB more.
 # A server that read the stalled client's 400 pipelined requests ahead and queued their replies
 # (400 x 4 MiB) would need far more.
 RSS_BOUND = 64 << 20

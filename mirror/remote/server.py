@@ -27,6 +27,8 @@ LINGER_S = 3.0              # a run's master reconnects after its workers start:
 SMALL_FILE = 1 << 16        # read at once and sent with its header and end in one send
 LIST_FRAME = 1 << 19        # bytes of entries per ENTRIES frame
 REQUESTS_BUFFER = 64 << 10  # requests read at once (each at most 8 KiB)
+OUTBOX = 256 << 10          # replies gathered up to this many bytes before they are sent
+OUTBOX_PARTS = 256          # or this many parts (sendmsg takes at most IOV_MAX, 1024)
 
 Log = Callable[[str], None]
 
@@ -269,11 +271,14 @@ def is_loopback(host: str) -> bool:
 
 
 class Channel:
-    """Frames over one socket (stream.Link)."""
+    """Frames over one socket (stream.Link): replies are gathered while more requests wait,
+    and sent together when none does (one send for many small files, not two each)."""
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.link = Link(sock, timeout, REQUESTS_BUFFER)
         self.plain = self.link.plain  # an SSLSocket cannot sendfile
+        self.outbox: list[bytes] = []
+        self.queued = 0
 
     def read(self, limit: int) -> tuple[Frame, bytes]:
         """The next frame; EOFError if the peer closed between frames, ProtocolError if it
@@ -289,7 +294,21 @@ class Channel:
             raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
         return kind, payload
 
+    def queue(self, *parts: bytes) -> None:
+        """Send `parts` with the next flush, or now if enough is gathered."""
+        self.outbox += parts
+        self.queued += sum(map(len, parts))
+        if self.queued >= OUTBOX or len(self.outbox) >= OUTBOX_PARTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.outbox:
+            self.queued = 0
+            self.link.send_parts(self.outbox)
+
     def send(self, data: bytes) -> None:
+        """Send `data` now, after whatever is gathered."""
+        self.flush()
         self.link.send(data)
 
 
@@ -305,6 +324,8 @@ class Handler:
     def run(self) -> None:
         try:
             while True:
+                if not self.channel.link.has_frame():  # nothing more to answer at once
+                    self.channel.flush()
                 try:
                     kind, payload = self.channel.read(wire.MAX_REQUEST)
                 except EOFError:
@@ -324,7 +345,7 @@ class Handler:
                     if error.errno is None or isinstance(error, (ConnectionError, socket.timeout)):
                         raise  # the connection itself failed
                     self.session.errors += 1
-                    self.channel.send(wire.pack_error(error.errno, error.strerror or str(error)))
+                    self.channel.queue(wire.pack_error(error.errno, error.strerror or str(error)))
         finally:
             self.tree.close()
 
@@ -332,7 +353,7 @@ class Handler:
         st = os.fstat(self.tree.folder(path))
         if self.session.path is None:
             self.session.path = path
-        self.channel.send(wire.frame(Frame.ENTRY, wire.pack_stat(entry_of(path, st))))
+        self.channel.queue(wire.frame(Frame.ENTRY, wire.pack_stat(entry_of(path, st))))
 
     def list(self, path: bytes) -> None:
         """ENTRIES frames sent as they fill (no error can follow the listing itself), END."""
@@ -347,9 +368,9 @@ class Handler:
             items.append((name, entry))
             size += len(name) + len(entry.target or b"") + 80
             if size >= LIST_FRAME:
-                self.channel.send(wire.pack_entries(items))
+                self.channel.queue(wire.pack_entries(items))
                 items, size = [], 0
-        self.channel.send((wire.pack_entries(items) if items else b"") + wire.frame(Frame.END))
+        self.channel.queue((wire.pack_entries(items) if items else b"") + wire.frame(Frame.END))
 
     def regular(self, path: bytes) -> None:
         """Refuse anything but a regular file before it is opened: opening a FIFO or a device
@@ -367,24 +388,25 @@ class Handler:
             size = request.expect[0] if request.expect else entry.size
             count = max(0, min(request.length, size - request.offset))
             head = wire.frame(Frame.FILE, wire.pack_stat(entry))
+            data = b""
             if count <= wire.DATA_FRAME and (count <= SMALL_FILE or not self.channel.plain):
-                sent = self.send_small(fd, head, request.offset, count)
+                data = os.pread(fd, count, request.offset) if count else b""
+                sent = len(data)
             else:
                 self.channel.send(head)
-                sent = self.send_big(fd, request.offset, count)
+                head, sent = b"", self.send_big(fd, request.offset, count)
             before = request.expect or (entry.size, entry.mtime_ns, entry.ctime_ns)
             same = sent == count and unchanged(entry._replace(
                 size=before[0], mtime_ns=before[1], ctime_ns=before[2]), os.fstat(fd))
-            self.channel.send(wire.pack_eof(same, sent))
         finally:
             os.close(fd)
+        end = wire.pack_eof(same, sent)
+        if data:  # a small file: its stat, data and end in one part of one send
+            self.channel.queue(head + wire.HEADER.pack(len(data), Frame.DATA), data, end)
+        else:
+            self.channel.queue(head + end)
         self.session.files += 1
         self.session.nbytes += sent
-
-    def send_small(self, fd: int, head: bytes, offset: int, count: int) -> int:
-        data = os.pread(fd, count, offset) if count else b""
-        self.channel.send(head + wire.frame(Frame.DATA, data) if data else head)
-        return len(data)
 
     def send_big(self, fd: int, offset: int, count: int) -> int:
         """DATA frames of DATA_FRAME bytes by sendfile (no copy through Python); a file that
@@ -407,7 +429,8 @@ class Handler:
 
     def digest(self, path: bytes) -> None:
         self.regular(path)
-        self.channel.send(wire.frame(Frame.HASH, self.tree.digest(path)))
+        self.channel.flush()  # hashing a big file takes a while: the replies before it go first
+        self.channel.queue(wire.frame(Frame.HASH, self.tree.digest(path)))
 
 
 def entry_of(path: bytes, st: os.stat_result):

@@ -234,6 +234,26 @@ class Link:
             except BlockingIOError:
                 self.wait(select.POLLOUT)
 
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Send `parts` in order, gathered by sendmsg (not joined first); empties the list."""
+        if not self.plain:
+            self.sock.sendall(b"".join(parts))
+            parts.clear()
+            return
+        while parts:
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                self.wait(select.POLLOUT)
+                continue
+            whole = 0
+            while whole < len(parts) and sent >= len(parts[whole]):
+                sent -= len(parts[whole])
+                whole += 1
+            del parts[:whole]
+            if sent:
+                parts[0] = memoryview(parts[0])[sent:]
+
     def sendfile(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of file `fd` from `offset`; fewer if the file ends first."""
         sent = 0

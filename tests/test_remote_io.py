@@ -1,6 +1,6 @@
-"""The client's receive path: DATA payloads go socket -> pipe -> file by splice where Linux allows,
-through the buffer where it does not, and a cut or a failed write mid-splice fails only that file,
-with nothing left in DST."""
+"""The remote's I/O paths: DATA payloads go socket -> pipe -> file by splice where Linux allows,
+through the buffer where it does not, a cut or a failed write mid-splice fails only that file
+with nothing left in DST, and the server answers pipelined requests in a few sends."""
 from __future__ import annotations
 
 import errno
@@ -13,10 +13,11 @@ from test_remote_security import Cut, HostileServer, Served, listing, local_tree
 from mirror import copy_tree
 from mirror.options import Options
 from mirror.remote import remote_tree, stream, wire
-from mirror.remote.wire import Frame
+from mirror.remote.connection import Connection
+from mirror.remote.wire import Frame, Read
 from mirror.run.engine import InlineEngine
 
-pytestmark = pytest.mark.skipif(stream.SPLICE is None, reason="no os.splice here")
+needs_splice = pytest.mark.skipif(stream.SPLICE is None, reason="no os.splice here")
 
 BIG = (3 << 20) + 12345  # three whole DATA frames and a part: most of each goes by splice
 
@@ -65,6 +66,7 @@ def url(served) -> str:
     return f"mirror://{served.host}:{served.port}/"
 
 
+@needs_splice
 def test_big_frames_go_by_splice_and_arrive_whole(make_tree, serve, tmp_path, monkeypatch):
     src = tree(make_tree)
     splices = Splices(monkeypatch)
@@ -87,6 +89,7 @@ def test_without_splice_the_same_bytes_come_through_the_buffer(make_tree, serve,
     assert snapshot(tmp_path / "dst") == snapshot(src)
 
 
+@needs_splice
 def test_a_file_that_refuses_splice_gets_the_pipe_s_bytes_by_write(make_tree, serve, tmp_path, monkeypatch):
     """EINVAL from pipe -> file (a filesystem without splice_write): what the pipe already holds
     is read back and written, and the rest of the run goes through the buffer."""
@@ -100,6 +103,7 @@ def test_a_file_that_refuses_splice_gets_the_pipe_s_bytes_by_write(make_tree, se
     assert splices.into_file == 1 and splices.into_pipe == 1  # tried once, then never again
 
 
+@needs_splice
 def test_a_server_cut_mid_splice_fails_the_file_and_leaves_nothing(tmp_path, monkeypatch):
     size = 4 << 20
     cut = Cut(wire.frame(Frame.FILE, wire.pack_stat(regular(size)))
@@ -117,6 +121,7 @@ def test_a_server_cut_mid_splice_fails_the_file_and_leaves_nothing(tmp_path, mon
     assert os.listdir(tmp_path / "dst") == [] and temp_files(tmp_path / "dst") == []
 
 
+@needs_splice
 def test_a_dst_write_failing_mid_splice_is_dst_s_error_and_the_run_goes_on(make_tree, serve, tmp_path,
                                                                           monkeypatch):
     """EFBIG half way through the big file: that file fails with DST's error (not a lost
@@ -138,3 +143,22 @@ def test_a_dst_write_failing_mid_splice_is_dst_s_error_and_the_run_goes_on(make_
     report = copy(url(served), tmp_path / "dst")
     assert report.exit_code == 0, report.errors
     assert snapshot(tmp_path / "dst") == snapshot(src)
+
+
+def test_replies_to_pipelined_requests_leave_in_a_few_sends(make_tree, serve, monkeypatch):
+    """200 small files asked for at once: their replies are gathered while more requests wait,
+    not sent two a file (each send is a segment for every hop to handle)."""
+    src = make_tree({f"f{i}": os.urandom(1000 + i) for i in range(200)})
+    sends = []
+    real = stream.Link.send_parts
+    monkeypatch.setattr(stream.Link, "send_parts",
+                        lambda link, parts: sends.append(len(parts)) or real(link, parts))
+    conn = Connection(serve(src).address())
+    try:
+        conn.send(b"".join(wire.pack_read(Read(b"f%d" % i, 0, wire.NO_LIMIT, None)) for i in range(200)))
+        for i in range(200):
+            kinds = [conn.read()[0] for _ in range(3)]
+            assert kinds == [Frame.FILE, Frame.DATA, Frame.EOF], (i, kinds)
+    finally:
+        conn.close()
+    assert 1 <= len(sends) <= 10, sends
