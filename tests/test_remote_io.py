@@ -12,7 +12,7 @@ from conftest import file_size_limit, snapshot, temp_files
 from test_remote_security import Cut, HostileServer, Served, listing, local_tree, pull, regular
 from mirror import copy_tree
 from mirror.options import Options
-from mirror.remote import remote_tree, stream, wire
+from mirror.remote import remote_tree, stream, tree as tree_module, wire
 from mirror.remote.connection import Connection
 from mirror.remote.wire import Frame, Read
 from mirror.run.engine import InlineEngine
@@ -162,3 +162,31 @@ def test_replies_to_pipelined_requests_leave_in_a_few_sends(make_tree, serve, mo
     finally:
         conn.close()
     assert 1 <= len(sends) <= 10, sends
+
+
+def test_reads_are_asked_for_again_in_batches_not_one_a_file(make_tree, serve, monkeypatch):
+    """With a window of 64 KiB and refills of 16 KiB, 300 files of 1-2 KiB are asked for in a
+    few dozen sends, not one a file, and all arrive."""
+    monkeypatch.setattr(tree_module, "WINDOW_BYTES", 64 << 10)
+    monkeypatch.setattr(tree_module, "REFILL_BYTES", 16 << 10)
+    src = make_tree({f"f{i:03}": os.urandom(1000 + 3 * i) for i in range(300)})
+    sends = []
+    real = Connection.send
+    monkeypatch.setattr(Connection, "send", lambda conn, data: sends.append(len(data)) or real(conn, data))
+    source = tree_module.RemoteTree(serve(src).address())
+    out = os.memfd_create("refill")
+    try:
+        listed = [source.entry(b"", name, st) for name, st in sorted(source.list(b"").items())]
+        sends.clear()
+        source.prefetch(files=listed)
+        for entry in listed:
+            handle, _ = source.open(entry.path, entry)
+            try:
+                assert source.receive(handle, out, entry.size, lambda count: None) == entry.size
+            finally:
+                source.release(handle)
+            assert os.pread(out, entry.size, 0) == (src / os.fsdecode(entry.path)).read_bytes()
+    finally:
+        source.close()
+        os.close(out)
+    assert len(sends) <= 40, len(sends)

@@ -22,6 +22,10 @@ from .wire import Frame, ProtocolError
 # while the other does too.
 WINDOW_BYTES = 16 << 20
 REQUEST_BYTES = 48 << 10
+# Reads are asked for again once this much of the window (and a quarter of the requests'
+# budget) is free, not after every file: one send, and one segment for the server and any hop
+# between to handle, for dozens of files.
+REFILL_BYTES = 2 << 20
 REPLY_OVERHEAD = 128          # bytes of frames around a file's data
 DOWN_S = 2.0                  # after a failed connect, fail at once for this long
 FRESH_S = 60.0                # a connection idle this long is opened again before use
@@ -319,7 +323,9 @@ class RemoteTree:
         if request is not None:
             self.in_flight -= request.size
             self.request_bytes -= len(request.data)
-            self.fill()
+            if not self.sent or (self.in_flight <= WINDOW_BYTES - REFILL_BYTES
+                                 and self.request_bytes <= REQUEST_BYTES * 3 // 4):
+                self.fill()
 
     def turn(self, request: Pending, path: bytes) -> None:
         """Read the replies before `request`'s (a listing is kept, a skipped file's data dropped)
