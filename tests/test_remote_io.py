@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
+import threading
 
 import pytest
 
 from conftest import file_size_limit, snapshot, temp_files
-from test_remote_security import Cut, HostileServer, Served, listing, local_tree, pull, regular
+from test_remote_security import FOLDER, TOKEN, Cut, HostileServer, Served, listing, local_tree, pull, regular
 from mirror import copy_tree
 from mirror.options import Options
 from mirror.remote import remote_tree, stream, tree as tree_module, wire
-from mirror.remote.connection import Connection
+from mirror.model import SourceError
+from mirror.remote.connection import Address, Connection
 from mirror.remote.wire import Frame, Read
 from mirror.run.engine import InlineEngine
 
@@ -44,9 +47,9 @@ class Splices:
 
 @pytest.fixture
 def serve():
-    """serve(root) -> a Served in this process, stopped after the test."""
+    """serve(root, **Server options) -> a Served in this process, stopped after the test."""
     started: list[Served] = []
-    yield lambda root: started.append(Served(root, [])) or started[-1]
+    yield lambda root, **options: started.append(Served(root, [], **options)) or started[-1]
     for served in started:
         served.server.stop()
 
@@ -190,3 +193,46 @@ def test_reads_are_asked_for_again_in_batches_not_one_a_file(make_tree, serve, m
         source.close()
         os.close(out)
     assert len(sends) <= 40, len(sends)
+
+
+def test_a_new_connection_sends_its_first_request_with_the_hello():
+    """Without a token to prove, the first request goes with the hello: this server says
+    nothing until it has both, and the client does not wait for its welcome to ask."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heard = []
+
+    def server():
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            sock.recv(wire.HEADER.size + wire.HELLO.size, socket.MSG_WAITALL)
+            heard.append(sock.recv(len(wire.pack_path_request(Frame.ROOT, b"")), socket.MSG_WAITALL))
+            welcome = wire.WELCOME.pack(wire.MAGIC, wire.VERSION, 0, os.urandom(32))
+            sock.sendall(wire.frame(Frame.WELCOME, welcome) + wire.frame(Frame.READY)
+                         + wire.frame(Frame.ENTRY, wire.pack_stat(FOLDER)))
+            sock.recv(1)
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    address = Address("127.0.0.1", listener.getsockname()[1], b"", session=os.urandom(16))
+    source = tree_module.RemoteTree(address)
+    try:
+        assert source.root().path == b""
+    finally:
+        source.close()
+        thread.join(10)
+        listener.close()
+    assert heard == [wire.pack_path_request(Frame.ROOT, b"")]
+
+
+def test_a_refusal_read_with_the_first_reply_is_the_entry_s_error_and_marks_the_server_down(
+        make_tree, serve):
+    source = tree_module.RemoteTree(serve(make_tree({"a": b"1"}), token=TOKEN).address())
+    try:
+        with pytest.raises(SourceError) as refused:
+            source.root()
+        assert refused.value.errno == errno.EACCES and "--token-file" in refused.value.strerror
+        assert source.down is not None  # the next reads fail at once, as after a refused connect
+        with pytest.raises(SourceError):
+            source.list(b"")
+    finally:
+        source.close()

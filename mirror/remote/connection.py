@@ -58,12 +58,19 @@ def parse_url(url: str) -> tuple[str, int, bytes]:
     return host, port, b"/".join(parts)
 
 
-class Refused(OSError):
+class HandshakeFailed(OSError):
+    """The connection failed before it was ready (refused, closed, not a mirror server):
+    reported as it is, and the server counts as down for a moment."""
+
+
+class Refused(HandshakeFailed):
     """The server answered and refused: a wrong token, too many clients, another version."""
 
 
 def lost(error: BaseException, path: bytes | None = None) -> SourceError:
     """A connection that failed, as the error of the entry at `path` that was being read."""
+    if isinstance(error, HandshakeFailed):
+        return SourceError(error.errno, error.strerror, path)
     if isinstance(error, ProtocolError):
         return SourceError(errno.EPROTO, f"protocol error from the server: {error}", path)
     if isinstance(error, socket.timeout):
@@ -74,9 +81,11 @@ def lost(error: BaseException, path: bytes | None = None) -> SourceError:
 
 
 class Connection:
-    """A connected, authenticated socket and the reads and writes of frames over it."""
+    """A connected socket and the reads and writes of frames over it. With `wait` False and no
+    token to prove, the handshake's answer is read with the first reply: requests sent at once
+    go with the hello, and a new connection costs one round trip less."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, wait: bool = True) -> None:
         self.address = address
         try:
             raw = socket.create_connection((address.host, address.port), timeout=CONNECT_S)
@@ -85,14 +94,17 @@ class Connection:
                           error.strerror or str(error)) from None
         self.sock = self.raw = raw
         self.link: Link | None = None
+        self.greeting = True
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if address.tls_ca is not None:
                 from .credentials import client_tls
                 self.sock = client_tls(address.tls_ca).wrap_socket(raw, server_hostname=address.host)
             self.link = Link(self.sock, CONNECT_S)
-            self.greet()
-            self.link.set_timeout(REPLY_S)
+            self.nonce = os.urandom(wire.NONCE)
+            self.send(wire.pack_hello(address.session, self.nonce))
+            if wait or address.token is not None:
+                self.greet()
         except BaseException as error:
             self.close()
             if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
@@ -100,8 +112,8 @@ class Connection:
             raise handshake_failed(error, address) from None
 
     def greet(self) -> None:
-        nonce = os.urandom(wire.NONCE)
-        self.send(wire.pack_hello(self.address.session, nonce))
+        """Read the server's welcome (proving the token, if any) and its go-ahead."""
+        self.greeting = False
         kind, payload = self.read(wire.MAX_REQUEST)
         if kind is Frame.ERROR:
             raise Refused(*wire.parse_error(payload))
@@ -110,7 +122,7 @@ class Connection:
         magic, version, flags, server_nonce = wire.WELCOME.unpack(payload)
         if magic != wire.MAGIC or version != wire.VERSION:
             raise ProtocolError("not a mirror server of this version")
-        token = self.address.token
+        token, nonce = self.address.token, self.nonce
         if flags & wire.AUTH_REQUIRED:
             if token is None:
                 raise Refused(errno.EACCES, "the server wants a token: give --token-file")
@@ -122,6 +134,17 @@ class Connection:
             raise ProtocolError("not ready")
         if flags & wire.AUTH_REQUIRED and not wire.check_proof(token, b"server", nonce, server_nonce, payload):
             raise Refused(errno.EACCES, "the server could not prove it holds the token")
+        self.link.set_timeout(REPLY_S)
+
+    def greeted(self) -> None:
+        """The handshake's answer, read now if it was left for the first reply."""
+        if self.greeting:
+            try:
+                self.greet()
+            except (OSError, ProtocolError, EOFError) as error:
+                if isinstance(error, HandshakeFailed):
+                    raise
+                raise handshake_failed(error, self.address) from None
 
     def send(self, data: bytes) -> None:
         self.link.send(data)
@@ -131,6 +154,8 @@ class Connection:
         return kind, self.read_exact(length)
 
     def read_header(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, int]:
+        if self.greeting:
+            self.greeted()
         header = self.link.header(limit)
         if header is None:
             raise EOFError
@@ -157,12 +182,13 @@ class Connection:
                 pass
 
 
-def handshake_failed(error: BaseException, address: Address) -> OSError:
+def handshake_failed(error: BaseException, address: Address) -> HandshakeFailed:
     if type(error).__module__ == "ssl":  # a certificate refused, a protocol mismatch
-        return OSError(errno.EACCES, f"TLS handshake failed: {getattr(error, 'reason', None) or error}")
+        reason = getattr(error, "reason", None) or error
+        return HandshakeFailed(errno.EACCES, f"TLS handshake failed: {reason}")
     if isinstance(error, EOFError) or (isinstance(error, OSError) and error.errno in (
             errno.ECONNRESET, None)):
         hint = "" if address.tls_ca else " (if the server uses TLS, give --tls-ca)"
-        return OSError(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
+        return HandshakeFailed(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
     failure = lost(error)  # a plain OSError: no entry was being read yet
-    return OSError(failure.errno, failure.strerror)
+    return HandshakeFailed(failure.errno, failure.strerror)

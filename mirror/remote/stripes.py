@@ -69,7 +69,8 @@ class Stripe:
 
     def run(self) -> None:
         try:
-            self.conn = self.helpers.idle.pop() if self.helpers.idle else Connection(self.helpers.address)
+            helpers = self.helpers
+            self.conn = helpers.idle.pop() if helpers.idle else Connection(helpers.address, wait=False)
             self.fetch()
         except SourceError as error:
             self.error = error

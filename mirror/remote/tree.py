@@ -11,7 +11,7 @@ from ..paths import join
 from ..plan.scan import entry_from_stat
 from . import wire
 from ..run.fastcopy import preallocate
-from .connection import Address, Connection, lost
+from .connection import Address, Connection, HandshakeFailed, lost
 from .stream import WriteFailed
 from .stripes import STRIPE_MIN, Helpers, abandon, finish, first_length, stripes
 from .wire import Frame, ProtocolError
@@ -252,7 +252,7 @@ class RemoteTree:
             error = self.down[0]
             raise SourceError(error.errno, error.strerror, path)
         try:
-            return Connection(self.address)
+            return Connection(self.address, wait=False)  # the first requests go with its hello
         except OSError as error:
             self.down = (error, time.monotonic() + DOWN_S)
             raise SourceError(error.errno, error.strerror, path) from None
@@ -282,6 +282,8 @@ class RemoteTree:
             self.side = None
         else:
             self.reset()
+        if isinstance(error, HandshakeFailed):  # as if its connect had failed
+            self.down = (error, time.monotonic() + DOWN_S)
         return lost(error, path)
 
     def send(self, requests: list[Pending]) -> None:
