@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 import time
+from stat import S_ISREG
 from collections import deque
 from collections.abc import Iterable
 
-from ..model import Entry, Kind, SourceError
+from ..model import Entry, SourceError
 from ..paths import join
 from ..plan.scan import entry_from_stat
 from . import wire
@@ -29,6 +30,8 @@ REFILL_BYTES = 2 << 20
 REPLY_OVERHEAD = 128          # bytes of frames around a file's data
 DOWN_S = 2.0                  # after a failed connect, fail at once for this long
 FRESH_S = 60.0                # a connection idle this long is opened again before use
+PROCESS = [os.getpid()]       # this process's id, kept by a fork hook: no getpid() a file
+os.register_at_fork(after_in_child=lambda: PROCESS.__setitem__(0, os.getpid()))
 
 
 class Pending:
@@ -119,10 +122,9 @@ class RemoteTree:
             if isinstance(error, SourceError):
                 raise
             raise self.broken(error, path, conn) from None
-        entry = entry_from_stat(path, st)
-        if entry.kind is not Kind.FILE:
+        if not S_ISREG(st.st_mode):
             raise self.broken(ProtocolError("not a regular file"), path)
-        return RemoteFile(conn, path, pending), listed if listed is not None else entry
+        return RemoteFile(conn, path, pending), listed if listed is not None else entry_from_stat(path, st)
 
     def receive(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
         """Write the file's data frames to `out`; at most `size` bytes (a server that sends more
@@ -213,7 +215,7 @@ class RemoteTree:
         self.fill()
 
     def close(self) -> None:
-        if self.pid == os.getpid():
+        if self.pid == PROCESS[0]:
             for conn in (self.conn, self.side):
                 if conn is not None:
                     conn.close()
@@ -234,11 +236,11 @@ class RemoteTree:
         return Pending(Frame.READ, path, (listed.size if listed else 0) + REPLY_OVERHEAD, data, listed)
 
     def connection(self, path: bytes) -> Connection:
-        if self.pid != os.getpid():  # a fork's copy: the parent's sockets are not ours
+        if self.pid != PROCESS[0]:  # a fork's copy: the parent's sockets are not ours
             self.conn = self.side = None
             self.helpers = Helpers(self.address)
             self.forget()
-            self.pid = os.getpid()
+            self.pid = PROCESS[0]
         now = time.monotonic()
         if self.conn is not None and not self.sent and now - self.last_used > FRESH_S:
             self.reset()  # the server may have closed it as idle
