@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import socket
 import threading
 
@@ -236,3 +237,53 @@ def test_a_refusal_read_with_the_first_reply_is_the_entry_s_error_and_marks_the_
             source.list(b"")
     finally:
         source.close()
+
+
+def sent_frames(monkeypatch) -> list[Frame]:
+    """The type of every frame the client sends from now on (Connection.send patched)."""
+    kinds: list[Frame] = []
+    real = Connection.send
+
+    def send(conn, data):
+        at = 0
+        while at < len(data):
+            length, code = wire.HEADER.unpack_from(data, at)
+            kinds.append(Frame(code))
+            at += wire.HEADER.size + length
+        return real(conn, data)
+    monkeypatch.setattr(Connection, "send", send)
+    return kinds
+
+
+def test_the_root_s_listing_comes_with_root_and_goes_to_the_workers_with_the_tree(make_tree, serve,
+                                                                                  monkeypatch):
+    src = make_tree({"a/b": b"1", "c": b"2", "d": b"3"})
+    kinds = sent_frames(monkeypatch)
+    master = tree_module.RemoteTree(serve(src).address())
+    worker = None
+    try:
+        assert master.root().path == b""
+        assert kinds == [Frame.HELLO, Frame.ROOT, Frame.LIST]  # in one send: one round trip
+        worker = pickle.loads(pickle.dumps(master))  # as the MPI engine hands it over
+        listing = worker.list(b"")
+        listing.clear()  # the planner's copy: the next one is whole again
+        assert sorted(worker.list(b"")) == sorted(master.list(b"")) == [b"a", b"c", b"d"]
+        assert kinds == [Frame.HELLO, Frame.ROOT, Frame.LIST]  # no LIST again
+        assert sorted(worker.list(b"a")) == [b"b"]  # the rest is asked for as ever
+    finally:
+        master.close()
+        if worker is not None:
+            worker.close()
+    assert master.carried == {}
+
+
+def test_a_long_root_listing_is_left_to_the_workers(make_tree, serve, monkeypatch):
+    monkeypatch.setattr(tree_module, "CARRIED_MOST", 2)
+    src = make_tree({"a": b"1", "b": b"2", "c": b"3"})
+    master = tree_module.RemoteTree(serve(src).address())
+    try:
+        master.root()
+        assert master.carried == {} and master.conn is None  # closed mid-reply
+        assert sorted(master.list(b"")) == [b"a", b"b", b"c"]
+    finally:
+        master.close()

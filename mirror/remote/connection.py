@@ -182,6 +182,49 @@ class Connection:
                 pass
 
 
+def read_reply(conn: Connection, asked: Frame, most: int = wire.MAX_LISTING):
+    """A ROOT, LIST or DIGEST reply: its value, or the OSError the server answered with; None
+    for a listing of more than `most` entries (the rest of it not read)."""
+    kind, payload = conn.read()
+    if kind is Frame.ERROR:
+        return OSError(*wire.parse_error(payload))
+    if asked is Frame.LIST:
+        listing: dict[bytes, wire.RemoteStat] = {}
+        while kind is Frame.ENTRIES:
+            wire.parse_entries(payload, listing)
+            if len(listing) > wire.MAX_LISTING:  # a hostile server's endless folder
+                raise ProtocolError("listing too long")
+            if len(listing) > most:
+                return None
+            kind, payload = conn.read()
+        if kind is not Frame.END or payload:
+            raise ProtocolError("listing not ended")
+        return listing
+    if asked is Frame.ROOT and kind is Frame.ENTRY:
+        return wire.parse_one_stat(payload)
+    if asked is Frame.DIGEST and kind is Frame.HASH and len(payload) == 16:
+        return payload
+    raise ProtocolError(f"{kind.name} in reply to {asked.name}")
+
+
+def skip_file(conn: Connection, limit: int) -> None:
+    """Read past a file's reply nobody asked for in the end (no more than `limit` bytes)."""
+    kind, _ = conn.read()
+    if kind is Frame.ERROR:
+        return
+    if kind is not Frame.FILE:
+        raise ProtocolError(f"{kind.name} instead of a file")
+    skipped = 0
+    while True:
+        kind, data = conn.read()
+        if kind is Frame.EOF or kind is Frame.ERROR:
+            return
+        if kind is not Frame.DATA:
+            raise ProtocolError(f"{kind.name} inside a file")
+        wire.check_data(len(data), skipped, limit)
+        skipped += len(data)
+
+
 def handshake_failed(error: BaseException, address: Address) -> HandshakeFailed:
     if type(error).__module__ == "ssl":  # a certificate refused, a protocol mismatch
         reason = getattr(error, "reason", None) or error

@@ -12,7 +12,7 @@ from ..paths import join
 from ..plan.scan import entry_from_stat
 from . import wire
 from ..run.fastcopy import preallocate
-from .connection import Address, Connection, HandshakeFailed, lost
+from .connection import Address, Connection, HandshakeFailed, lost, read_reply, skip_file
 from .stream import WriteFailed
 from .stripes import STRIPE_MIN, Helpers, abandon, finish, first_length, stripes
 from .wire import Frame, ProtocolError
@@ -30,6 +30,7 @@ REFILL_BYTES = 2 << 20
 REPLY_OVERHEAD = 128          # bytes of frames around a file's data
 DOWN_S = 2.0                  # after a failed connect, fail at once for this long
 FRESH_S = 60.0                # a connection idle this long is opened again before use
+CARRIED_MOST = 1000           # entries of the root's listing handed to the workers with the tree
 PROCESS = [os.getpid()]       # this process's id, kept by a fork hook: no getpid() a file
 os.register_at_fork(after_in_child=lambda: PROCESS.__setitem__(0, os.getpid()))
 
@@ -57,7 +58,7 @@ class RemoteTree:
     """The tree at mirror://HOST:PORT/PATH. Picklable: each process opens its own connection
     when it first reads (a forked copy never uses its parent's)."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, carried: dict | None = None) -> None:
         self.address = address
         self.path = address.url.rstrip(b"/")
         self.base = address.path
@@ -67,6 +68,9 @@ class RemoteTree:
         self.sent: deque[Pending] = deque()
         self.unsent: deque[Pending] = deque()
         self.ready: dict[tuple[Frame, bytes], object] = {}
+        # the root's listing, asked with ROOT by the master: whichever worker lists the root (and
+        # sync's check for an empty SRC) has it without a round trip
+        self.carried: dict[tuple[Frame, bytes], object] = carried or {}
         self.in_flight = self.request_bytes = 0
         self.down: tuple[OSError, float] | None = None
         self.helpers = Helpers(address)  # extra connections for big files
@@ -74,7 +78,7 @@ class RemoteTree:
         self.last_used = 0.0
 
     def __reduce__(self):
-        return RemoteTree, (self.address,)
+        return RemoteTree, (self.address, self.carried)
 
     # -- SourceTree -----------------------------------------------------------------------
 
@@ -82,8 +86,32 @@ class RemoteTree:
 
     def root(self) -> Entry:
         if self.root_entry is None:  # asked by the checks, then by the run: one round trip
+            idle = not (self.sent or self.unsent or self.carried)
+            if idle:  # the root's listing comes in the same round trip
+                self.connection(b"")
+                asked = [Pending(kind, b"", 0, wire.pack_path_request(kind, self.remote(b"")))
+                         for kind in (Frame.ROOT, Frame.LIST)]
+                self.send(asked)
+                self.sent.extend(asked)
             self.root_entry = entry_from_stat(b"", self.ask(Frame.ROOT, b""))
+            if idle:
+                self.carry()
         return self.root_entry
+
+    def carry(self) -> None:
+        """Read the root's listing asked with ROOT, to go to the workers with the tree; one of
+        more than CARRIED_MOST entries is left to them (and the connection, mid-reply, closed)."""
+        request = self.sent.popleft()
+        try:
+            listing = read_reply(self.conn, Frame.LIST, CARRIED_MOST)
+        except (OSError, ProtocolError, EOFError) as error:
+            self.broken(error, b"")  # the worker that lists the root says why
+            return
+        if listing is None:
+            self.reset()
+            return
+        self.replied(request)
+        self.carried[(Frame.LIST, b"")] = listing
 
     def list(self, rel: bytes) -> dict[bytes, wire.RemoteStat]:
         return self.ask(Frame.LIST, rel)
@@ -206,7 +234,7 @@ class RemoteTree:
             return  # each read says why
         batch = []
         for rel in folders:
-            if (Frame.LIST, rel) not in self.ready:
+            if (Frame.LIST, rel) not in self.ready and (Frame.LIST, rel) not in self.carried:
                 batch.append(Pending(Frame.LIST, rel, 0, wire.pack_path_request(Frame.LIST, self.remote(rel))))
         if batch:
             self.send(batch)
@@ -222,6 +250,7 @@ class RemoteTree:
             self.helpers.close()
         self.conn = self.side = None
         self.root_entry = None
+        self.carried = {}
         self.forget()
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -338,9 +367,9 @@ class RemoteTree:
             while self.sent[0] is not request:
                 ahead = self.sent.popleft()
                 if ahead.kind is Frame.READ:
-                    skip_file(self.conn, ahead)
+                    skip_file(self.conn, ahead.size)
                 else:
-                    self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead)
+                    self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead.kind)
                 self.replied(ahead)
         except (OSError, ProtocolError, EOFError) as error:
             raise self.broken(error, path) from None
@@ -349,6 +378,9 @@ class RemoteTree:
     def ask(self, kind: Frame, rel: bytes):
         """The reply to a ROOT, LIST or DIGEST request (asked ahead or now); OSError if refused."""
         result = self.ready.pop((kind, rel), None)
+        if result is None and (kind, rel) in self.carried:
+            result = self.carried[(kind, rel)]
+            result = dict(result) if isinstance(result, dict) else result  # a planner may edit its copy
         if result is None:
             conn = self.connection(rel)
             request = next((pending for pending in self.sent
@@ -360,7 +392,7 @@ class RemoteTree:
                 self.sent.append(request)
             self.turn(request, rel)
             try:
-                result = read_reply(conn, request)
+                result = read_reply(conn, kind)
             except (OSError, ProtocolError, EOFError) as error:
                 raise self.broken(error, rel) from None
             self.replied(request)
@@ -368,42 +400,3 @@ class RemoteTree:
             raise SourceError(result.errno, result.strerror, rel)
         return result
 
-
-def read_reply(conn: Connection, request: Pending):
-    """A ROOT, LIST or DIGEST reply: its value, or the OSError the server answered with."""
-    kind, payload = conn.read()
-    if kind is Frame.ERROR:
-        return OSError(*wire.parse_error(payload))
-    if request.kind is Frame.LIST:
-        listing: dict[bytes, wire.RemoteStat] = {}
-        while kind is Frame.ENTRIES:
-            wire.parse_entries(payload, listing)
-            if len(listing) > wire.MAX_LISTING:  # a hostile server's endless folder
-                raise ProtocolError("listing too long")
-            kind, payload = conn.read()
-        if kind is not Frame.END or payload:
-            raise ProtocolError("listing not ended")
-        return listing
-    if request.kind is Frame.ROOT and kind is Frame.ENTRY:
-        return wire.parse_one_stat(payload)
-    if request.kind is Frame.DIGEST and kind is Frame.HASH and len(payload) == 16:
-        return payload
-    raise ProtocolError(f"{kind.name} in reply to {request.kind.name}")
-
-
-def skip_file(conn: Connection, request: Pending) -> None:
-    """Read past a file's reply nobody asked for in the end (no more than it asked for)."""
-    kind, _ = conn.read()
-    if kind is Frame.ERROR:
-        return
-    if kind is not Frame.FILE:
-        raise ProtocolError(f"{kind.name} instead of a file")
-    skipped = 0
-    while True:
-        kind, data = conn.read()
-        if kind is Frame.EOF or kind is Frame.ERROR:
-            return
-        if kind is not Frame.DATA:
-            raise ProtocolError(f"{kind.name} inside a file")
-        wire.check_data(len(data), skipped, request.size)
-        skipped += len(data)
