@@ -15,7 +15,7 @@ from ..model import display
 from ..paths import split
 from ..plan.tree import LocalTree, unchanged
 from . import wire
-from .stream import Link
+from .stream import Channel
 from .wire import Frame, ProtocolError
 
 HANDSHAKE_S = 10.0          # to say hello and prove the token, in all (TLS's handshake too)
@@ -26,9 +26,6 @@ CONNECTIONS_PER_CLIENT = 256
 LINGER_S = 3.0              # a run's master reconnects after its workers start: one log line
 SMALL_FILE = 1 << 16        # read at once and sent with its header and end in one send
 LIST_FRAME = 1 << 19        # bytes of entries per ENTRIES frame
-REQUESTS_BUFFER = 64 << 10  # requests read at once (each at most 8 KiB)
-OUTBOX = 256 << 10          # replies gathered up to this many bytes before they are sent
-OUTBOX_PARTS = 256          # or this many parts (sendmsg takes at most IOV_MAX, 1024)
 
 Log = Callable[[str], None]
 
@@ -268,48 +265,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-class Channel:
-    """Frames over one socket (stream.Link): replies are gathered while more requests wait,
-    and sent together when none does (one send for many small files, not two each)."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self.link = Link(sock, timeout, REQUESTS_BUFFER)
-        self.plain = self.link.plain  # an SSLSocket cannot sendfile
-        self.outbox: list[bytes] = []
-        self.queued = 0
-
-    def read(self, limit: int) -> tuple[Frame, bytes]:
-        """The next frame; EOFError if the peer closed between frames, ProtocolError if it
-        closed inside one (a truncated frame)."""
-        header = self.link.header(limit)
-        if header is None:
-            if self.link.pending():
-                raise ProtocolError("truncated frame header")
-            raise EOFError("connection closed")
-        kind, length = header
-        payload = self.link.take(length)
-        if len(payload) < length:
-            raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
-        return kind, payload
-
-    def queue(self, *parts: bytes) -> None:
-        """Send `parts` with the next flush, or now if enough is gathered."""
-        self.outbox += parts
-        self.queued += sum(map(len, parts))
-        if self.queued >= OUTBOX or len(self.outbox) >= OUTBOX_PARTS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.outbox:
-            self.queued = 0
-            self.link.send_parts(self.outbox)
-
-    def send(self, data: bytes) -> None:
-        """Send `data` now, after whatever is gathered."""
-        self.flush()
-        self.link.send(data)
 
 
 class Handler:

@@ -20,7 +20,7 @@ import socket
 import time
 
 from . import wire
-from .wire import Frame
+from .wire import Frame, ProtocolError
 
 BUFFER = 256 << 10          # bytes asked of one recv
 PIECE = 256 << 10           # at most this much written to a file by one call
@@ -31,6 +31,9 @@ F_SETPIPE_SZ, F_GETPIPE_SZ = 1031, 1032  # fcntl has them from Python 3.10 on Li
 # splice refused for this socket or file (a filesystem without splice_write, a kernel without
 # splice): the bytes go through the buffer instead
 UNSPLICEABLE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+REQUESTS_BUFFER = 64 << 10  # the server's: requests read at once (each at most 8 KiB)
+OUTBOX = 256 << 10          # replies gathered up to this many bytes before they are sent
+OUTBOX_PARTS = 256          # or this many parts (sendmsg takes at most IOV_MAX, 1024)
 
 
 class WriteFailed(Exception):
@@ -274,6 +277,47 @@ class Link:
             sent += done
         return sent
 
+
+class Channel:
+    """The server's side of a Link: requests read, replies gathered while more requests wait
+    and sent together when none does (one send for many small files, not two each)."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.link = Link(sock, timeout, REQUESTS_BUFFER)
+        self.plain = self.link.plain  # an SSLSocket cannot sendfile
+        self.outbox: list[bytes] = []
+        self.queued = 0
+
+    def read(self, limit: int) -> tuple[Frame, bytes]:
+        """The next frame; EOFError if the peer closed between frames, ProtocolError if it
+        closed inside one (a truncated frame)."""
+        header = self.link.header(limit)
+        if header is None:
+            if self.link.pending():
+                raise ProtocolError("truncated frame header")
+            raise EOFError("connection closed")
+        kind, length = header
+        payload = self.link.take(length)
+        if len(payload) < length:
+            raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
+        return kind, payload
+
+    def queue(self, *parts: bytes) -> None:
+        """Send `parts` with the next flush, or now if enough is gathered."""
+        self.outbox += parts
+        self.queued += sum(map(len, parts))
+        if self.queued >= OUTBOX or len(self.outbox) >= OUTBOX_PARTS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.outbox:
+            self.queued = 0
+            self.link.send_parts(self.outbox)
+
+    def send(self, data: bytes) -> None:
+        """Send `data` now, after whatever is gathered."""
+        self.flush()
+        self.link.send(data)
 
 def write_at(fd: int, view: memoryview, offset: int) -> None:
     """All of `view` into `fd` at `offset`, PIECE at a time; WriteFailed if the file refuses."""
