@@ -154,7 +154,7 @@ class Server:
             self.sockets.add(sock)
             thread = threading.Thread(target=self.handle, args=(sock, peer), daemon=True)
             self.threads.add(thread)
-        thread.start()
+            thread.start()  # under the lock: stop() never finds it in threads unstarted
 
     def handle(self, raw: socket.socket, peer: str) -> None:
         session, sock, greeting = None, raw, True
