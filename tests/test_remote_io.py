@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 
 import pytest
 
@@ -225,6 +226,43 @@ def test_a_new_connection_sends_its_first_request_with_the_hello():
     assert heard == [wire.pack_path_request(Frame.ROOT, b"")]
 
 
+@pytest.mark.parametrize("requests_first", [False, True])
+def test_a_server_that_hangs_up_on_the_hello_is_a_failed_handshake(requests_first):
+    """A TLS server (or anything else) that reads the hello and resets the connection, before
+    the requests sent with it leave (their send fails) or after (the first read fails): the
+    one-line handshake error, with its hint, and the server counts as down."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    heard = wire.HEADER.size + wire.HELLO.size + 2 * len(wire.pack_path_request(Frame.ROOT, b""))
+
+    def reset():
+        sock, _ = listener.accept()
+        sock.recv(heard if requests_first else wire.HEADER.size + wire.HELLO.size, socket.MSG_WAITALL)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # on, 0 s: RST
+        sock.close()
+    thread = threading.Thread(target=reset, daemon=True)
+    thread.start()
+    address = Address("127.0.0.1", listener.getsockname()[1], b"", session=os.urandom(16))
+    source = tree_module.RemoteTree(address)
+    real = Connection.__init__
+
+    def hello_then_reset(conn, *args, **kwargs):
+        real(conn, *args, **kwargs)
+        thread.join(5)
+        time.sleep(0.1)  # the reset is in
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            if not requests_first:
+                patch.setattr(Connection, "__init__", hello_then_reset)
+            with pytest.raises(SourceError) as failed:
+                source.root()
+    finally:
+        source.close()
+        thread.join(5)
+        listener.close()
+    assert "at the handshake" in failed.value.strerror and "--tls-ca" in failed.value.strerror, failed.value
+    assert source.down is not None
+
+
 def test_a_refusal_read_with_the_first_reply_is_the_entry_s_error_and_marks_the_server_down(
         make_tree, serve):
     source = tree_module.RemoteTree(serve(make_tree({"a": b"1"}), token=TOKEN).address())
@@ -287,3 +325,4 @@ def test_a_long_root_listing_is_left_to_the_workers(make_tree, serve, monkeypatc
         assert sorted(master.list(b"")) == [b"a", b"b", b"c"]
     finally:
         master.close()
+

@@ -107,7 +107,8 @@ class Connection:
                 self.greet()
         except BaseException as error:
             self.close()
-            if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
+            if isinstance(error, (HandshakeFailed, MirrorError)) or not isinstance(
+                    error, (OSError, ProtocolError, EOFError)):
                 raise
             raise handshake_failed(error, address) from None
 
@@ -147,7 +148,12 @@ class Connection:
                 raise handshake_failed(error, self.address) from None
 
     def send(self, data: bytes) -> None:
-        self.link.send(data)
+        try:
+            self.link.send(data)
+        except OSError as error:  # before the welcome: a server that hung up on the hello
+            if not self.greeting or isinstance(error, HandshakeFailed):
+                raise
+            raise handshake_failed(error, self.address) from None
 
     def read(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, bytes]:
         kind, length = self.read_header(limit)
