@@ -16,7 +16,7 @@ from conftest import file_size_limit, snapshot, temp_files
 from test_remote_security import FOLDER, TOKEN, Cut, HostileServer, Served, listing, local_tree, pull, regular
 from mirror import copy_tree
 from mirror.options import Options
-from mirror.remote import remote_tree, stream, tree as tree_module, wire
+from mirror.remote import remote_tree, stream, stripes as stripes_module, tree as tree_module, wire
 from mirror.model import SourceError
 from mirror.remote.connection import Address, Connection
 from mirror.remote.wire import Frame, Read
@@ -326,3 +326,51 @@ def test_a_long_root_listing_is_left_to_the_workers(make_tree, serve, monkeypatc
     finally:
         master.close()
 
+
+@pytest.fixture
+def small_stripes(monkeypatch):
+    """Files of 2 MiB or more come in stripes of 1 MiB (STRIPE_MIN is 32 MiB)."""
+    for module in (stripes_module, tree_module):
+        monkeypatch.setattr(module, "STRIPE_MIN", 2 << 20)
+
+
+def listed_file(source, name: bytes):
+    return source.entry(b"", name, source.list(b"")[name])
+
+
+def test_a_big_file_alone_in_its_batch_has_its_other_stripes_asked_for_at_once(make_tree, serve,
+                                                                             small_stripes):
+    data = os.urandom(6 << 20)  # six stripes of 1 MiB: the worker's and five helpers'
+    source = tree_module.RemoteTree(serve(make_tree({"big": data})).address())
+    out = os.memfd_create("big")
+    try:
+        big = listed_file(source, b"big")
+        source.prefetch(files=[big])
+        early = source.helpers.early[2]
+        assert len(early) == 5 and all(stripe.thread.is_alive() for stripe in early)  # asking
+        handle, _ = source.open(b"big", big)
+        try:
+            assert source.receive(handle, out, big.size, lambda count: None) == big.size
+            assert handle.same
+        finally:
+            source.release(handle)
+        assert source.helpers.early is None and len(source.helpers.idle) == 5  # taken, then kept
+        assert os.pread(out, big.size + 1, 0) == data
+    finally:
+        source.close()
+        os.close(out)
+
+
+def test_stripes_asked_ahead_for_a_file_never_received_are_dropped(make_tree, serve, small_stripes):
+    served = serve(make_tree({"big": os.urandom(6 << 20), "small": b"s"}))
+    source = tree_module.RemoteTree(served.address())
+    try:
+        source.prefetch(files=[listed_file(source, b"big")])
+        early = source.helpers.early[2]
+        source.prefetch(files=[listed_file(source, b"small")])  # the next task: big was skipped
+        assert source.helpers.early is None
+        assert not any(stripe.thread.is_alive() for stripe in early)
+        assert all(stripe.conn is None for stripe in early)  # closed mid-reply, never reused
+        assert source.list(b"").keys() == {b"big", b"small"}  # the pipeline is still in step
+    finally:
+        source.close()

@@ -163,8 +163,9 @@ class RemoteTree:
             size = parts[0][1]
             preallocate(out, request.listed.size)
             listed = request.listed
-            running = self.helpers.start(handle.path, self.remote(handle.path),
-                                         (listed.size, listed.mtime_ns, listed.ctime_ns), parts[1:], out)
+            expect = (listed.size, listed.mtime_ns, listed.ctime_ns)
+            running = (self.helpers.take(handle.path, expect, out)
+                       or self.helpers.start(handle.path, self.remote(handle.path), expect, parts[1:], out))
         try:
             received = self.receive_stripe(handle, out, size, on_bytes)
         except BaseException:
@@ -232,6 +233,7 @@ class RemoteTree:
             self.connection(b"")
         except OSError:
             return  # each read says why
+        files = list(files)
         batch = []
         for rel in folders:
             if (Frame.LIST, rel) not in self.ready and (Frame.LIST, rel) not in self.carried:
@@ -241,6 +243,7 @@ class RemoteTree:
             self.sent.extend(batch)
         self.unsent.extend(self.read_request(entry.path, entry) for entry in files)
         self.fill()
+        self.helpers.prepare(files, self.remote)
 
     def close(self) -> None:
         if self.pid == PROCESS[0]:
