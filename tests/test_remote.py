@@ -394,7 +394,6 @@ def one_run(address):  # a client run that connects and leaves at once
     def run():
         conn = Connection(Address(address[0], address[1], b"", session=os.urandom(16)))
         conn.close()
-        conn.stream.close()
     threading.Thread(target=run).start()
 
 def log(line):
@@ -544,7 +543,6 @@ def test_a_full_server_says_busy(make_tree, served, tmp_path):
         refused = mirror("copy", server.url + "/", tmp_path / "dst")
     finally:
         holder.close()
-        holder.stream.close()  # close() alone leaves the socket open: see the next test
 
     assert refused.returncode == 2, refused.stderr
     assert "busy" in one_line(refused.stderr)

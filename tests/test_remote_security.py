@@ -708,9 +708,14 @@ def listing(*items: tuple[bytes, Listed]) -> bytes:
     return wire.pack_entries(list(items)) + wire.frame(Frame.END)
 
 
+class Cut(bytes):
+    """A reply after which HostileServer hangs up (a server that dies mid-frame)."""
+
+
 class HostileServer:
     """Does the handshake right, then answers LIST with `listings` (END for a folder it does not
-    know) and READ with `reads` (a PWNED file of the listed size for a path it does not know)."""
+    know) and READ with `reads` (a PWNED file of the listed size for a path it does not know);
+    a Cut reply closes the connection once sent."""
 
     def __init__(self, listings: dict[bytes, bytes], reads: dict[bytes, bytes]) -> None:
         self.listings, self.reads = listings, reads
@@ -745,6 +750,9 @@ class HostileServer:
                     else:
                         reply = wire.pack_error(errno.EIO, "no digests here")
                     sock.sendall(reply)
+                    if isinstance(reply, Cut):  # the reader made by makefile keeps it open
+                        sock.shutdown(socket.SHUT_RDWR)
+                        return
             except OSError:
                 pass
 
@@ -837,9 +845,10 @@ server.serve_forever()
 CLIENTS = 64
 STALL_READS = 400
 IDLE_S = 120.0  # longer than the test: the stalled client is still there when the others finish
-# The server holds, per connection, a 64 KiB read buffer, at most one small file (64 KiB, read
-# whole) or a 1 MiB frame header and a sendfile (no copy), a listing of this small tree and a
-# thread's stack pages: well under 1 MiB each, so 66 connections need less than 64 MiB more.
+# The server holds, per connection, a 64 KiB read buffer, at most 256 KiB of replies gathered
+# (small files read whole) or a 1 MiB frame header and a sendfile (no copy), a listing of this
+# small tree and a thread's stack pages: well under 1 MiB each, so 66 connections need less than
+# 64 MiB more.
 # A server that read the stalled client's 400 pipelined requests ahead and queued their replies
 # (400 x 4 MiB) would need far more.
 RSS_BOUND = 64 << 20

@@ -9,6 +9,7 @@ from typing import NamedTuple
 from ..errors import MirrorError
 from ..model import SourceError
 from . import DEFAULT_PORT, SCHEME, wire
+from .stream import Link
 from .wire import Frame, ProtocolError
 
 CONNECT_S = 10.0
@@ -57,12 +58,19 @@ def parse_url(url: str) -> tuple[str, int, bytes]:
     return host, port, b"/".join(parts)
 
 
-class Refused(OSError):
+class HandshakeFailed(OSError):
+    """The connection failed before it was ready (refused, closed, not a mirror server):
+    reported as it is, and the server counts as down for a moment."""
+
+
+class Refused(HandshakeFailed):
     """The server answered and refused: a wrong token, too many clients, another version."""
 
 
 def lost(error: BaseException, path: bytes | None = None) -> SourceError:
     """A connection that failed, as the error of the entry at `path` that was being read."""
+    if isinstance(error, HandshakeFailed):
+        return SourceError(error.errno, error.strerror, path)
     if isinstance(error, ProtocolError):
         return SourceError(errno.EPROTO, f"protocol error from the server: {error}", path)
     if isinstance(error, socket.timeout):
@@ -73,9 +81,11 @@ def lost(error: BaseException, path: bytes | None = None) -> SourceError:
 
 
 class Connection:
-    """A connected, authenticated socket and the reads and writes of frames over it."""
+    """A connected socket and the reads and writes of frames over it. With `wait` False and no
+    token to prove, the handshake's answer is read with the first reply: requests sent at once
+    go with the hello, and a new connection costs one round trip less."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, wait: bool = True) -> None:
         self.address = address
         try:
             raw = socket.create_connection((address.host, address.port), timeout=CONNECT_S)
@@ -83,24 +93,28 @@ class Connection:
             raise OSError(error.errno or errno.ECONNREFUSED,
                           error.strerror or str(error)) from None
         self.sock = self.raw = raw
-        self.stream = None
+        self.link: Link | None = None
+        self.greeting = True
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if address.tls_ca is not None:
                 from .credentials import client_tls
                 self.sock = client_tls(address.tls_ca).wrap_socket(raw, server_hostname=address.host)
-            self.stream = self.sock.makefile("rb", buffering=1 << 18)
-            self.greet()
-            self.sock.settimeout(REPLY_S)
+            self.link = Link(self.sock, CONNECT_S)
+            self.nonce = os.urandom(wire.NONCE)
+            self.send(wire.pack_hello(address.session, self.nonce))
+            if wait or address.token is not None:
+                self.greet()
         except BaseException as error:
             self.close()
-            if isinstance(error, (Refused, MirrorError)) or not isinstance(error, (OSError, ProtocolError, EOFError)):
+            if isinstance(error, (HandshakeFailed, MirrorError)) or not isinstance(
+                    error, (OSError, ProtocolError, EOFError)):
                 raise
             raise handshake_failed(error, address) from None
 
     def greet(self) -> None:
-        nonce = os.urandom(wire.NONCE)
-        self.send(wire.pack_hello(self.address.session, nonce))
+        """Read the server's welcome (proving the token, if any) and its go-ahead."""
+        self.greeting = False
         kind, payload = self.read(wire.MAX_REQUEST)
         if kind is Frame.ERROR:
             raise Refused(*wire.parse_error(payload))
@@ -109,7 +123,7 @@ class Connection:
         magic, version, flags, server_nonce = wire.WELCOME.unpack(payload)
         if magic != wire.MAGIC or version != wire.VERSION:
             raise ProtocolError("not a mirror server of this version")
-        token = self.address.token
+        token, nonce = self.address.token, self.nonce
         if flags & wire.AUTH_REQUIRED:
             if token is None:
                 raise Refused(errno.EACCES, "the server wants a token: give --token-file")
@@ -121,52 +135,109 @@ class Connection:
             raise ProtocolError("not ready")
         if flags & wire.AUTH_REQUIRED and not wire.check_proof(token, b"server", nonce, server_nonce, payload):
             raise Refused(errno.EACCES, "the server could not prove it holds the token")
+        self.link.set_timeout(REPLY_S)
+
+    def greeted(self) -> None:
+        """The handshake's answer, read now if it was left for the first reply."""
+        if self.greeting:
+            try:
+                self.greet()
+            except (OSError, ProtocolError, EOFError) as error:
+                if isinstance(error, HandshakeFailed):
+                    raise
+                raise handshake_failed(error, self.address) from None
 
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        try:
+            self.link.send(data)
+        except OSError as error:  # before the welcome: a server that hung up on the hello
+            if not self.greeting or isinstance(error, HandshakeFailed):
+                raise
+            raise handshake_failed(error, self.address) from None
 
     def read(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, bytes]:
-        header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
-            raise EOFError
-        kind, length = wire.parse_header(header, limit)
+        kind, length = self.read_header(limit)
         return kind, self.read_exact(length)
 
-    def read_header(self) -> tuple[Frame, int]:
-        header = self.stream.read(wire.HEADER.size)
-        if len(header) < wire.HEADER.size:
+    def read_header(self, limit: int = wire.MAX_REPLY) -> tuple[Frame, int]:
+        if self.greeting:
+            self.greeted()
+        header = self.link.header(limit)
+        if header is None:
             raise EOFError
-        return wire.parse_header(header, wire.MAX_REPLY)
+        return header
 
     def read_exact(self, count: int) -> bytes:
-        data = self.stream.read(count) if count else b""
+        data = self.link.take(count) if count else b""
         if len(data) < count:
             raise EOFError
         return data
 
-    def read_into(self, view: memoryview) -> None:
-        while view:
-            count = self.stream.readinto(view)
-            if not count:
-                raise EOFError
-            view = view[count:]
+    def payload_to(self, fd: int, count: int, offset: int) -> None:
+        """The DATA payload of `count` bytes into file `fd` at `offset` (WriteFailed: DST's)."""
+        self.link.payload_to(fd, count, offset)
 
     def close(self) -> None:
-        """Close for good: the buffered reader holds the socket open too (makefile)."""
-        for part in (self.stream, self.sock, self.raw):
+        """Close for good: the socket, the TLS layer over it, and the splice pipe."""
+        if self.link is not None:
+            self.link.close()
+        for part in (self.sock, self.raw):
             try:
-                if part is not None:
-                    part.close()
+                part.close()
             except OSError:
                 pass
 
 
-def handshake_failed(error: BaseException, address: Address) -> OSError:
+def read_reply(conn: Connection, asked: Frame, most: int = wire.MAX_LISTING):
+    """A ROOT, LIST or DIGEST reply: its value, or the OSError the server answered with; None
+    for a listing of more than `most` entries (the rest of it not read)."""
+    kind, payload = conn.read()
+    if kind is Frame.ERROR:
+        return OSError(*wire.parse_error(payload))
+    if asked is Frame.LIST:
+        listing: dict[bytes, wire.RemoteStat] = {}
+        while kind is Frame.ENTRIES:
+            wire.parse_entries(payload, listing)
+            if len(listing) > wire.MAX_LISTING:  # a hostile server's endless folder
+                raise ProtocolError("listing too long")
+            if len(listing) > most:
+                return None
+            kind, payload = conn.read()
+        if kind is not Frame.END or payload:
+            raise ProtocolError("listing not ended")
+        return listing
+    if asked is Frame.ROOT and kind is Frame.ENTRY:
+        return wire.parse_one_stat(payload)
+    if asked is Frame.DIGEST and kind is Frame.HASH and len(payload) == 16:
+        return payload
+    raise ProtocolError(f"{kind.name} in reply to {asked.name}")
+
+
+def skip_file(conn: Connection, limit: int) -> None:
+    """Read past a file's reply nobody asked for in the end (no more than `limit` bytes)."""
+    kind, _ = conn.read()
+    if kind is Frame.ERROR:
+        return
+    if kind is not Frame.FILE:
+        raise ProtocolError(f"{kind.name} instead of a file")
+    skipped = 0
+    while True:
+        kind, data = conn.read()
+        if kind is Frame.EOF or kind is Frame.ERROR:
+            return
+        if kind is not Frame.DATA:
+            raise ProtocolError(f"{kind.name} inside a file")
+        wire.check_data(len(data), skipped, limit)
+        skipped += len(data)
+
+
+def handshake_failed(error: BaseException, address: Address) -> HandshakeFailed:
     if type(error).__module__ == "ssl":  # a certificate refused, a protocol mismatch
-        return OSError(errno.EACCES, f"TLS handshake failed: {getattr(error, 'reason', None) or error}")
+        reason = getattr(error, "reason", None) or error
+        return HandshakeFailed(errno.EACCES, f"TLS handshake failed: {reason}")
     if isinstance(error, EOFError) or (isinstance(error, OSError) and error.errno in (
             errno.ECONNRESET, None)):
         hint = "" if address.tls_ca else " (if the server uses TLS, give --tls-ca)"
-        return OSError(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
+        return HandshakeFailed(errno.ECONNRESET, f"the server closed the connection at the handshake{hint}")
     failure = lost(error)  # a plain OSError: no entry was being read yet
-    return OSError(failure.errno, failure.strerror)
+    return HandshakeFailed(failure.errno, failure.strerror)

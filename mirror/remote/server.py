@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import ipaddress
 import os
 import socket
@@ -16,6 +15,7 @@ from ..model import display
 from ..paths import split
 from ..plan.tree import LocalTree, unchanged
 from . import wire
+from .stream import Channel
 from .wire import Frame, ProtocolError
 
 HANDSHAKE_S = 10.0          # to say hello and prove the token, in all (TLS's handshake too)
@@ -154,7 +154,7 @@ class Server:
             self.sockets.add(sock)
             thread = threading.Thread(target=self.handle, args=(sock, peer), daemon=True)
             self.threads.add(thread)
-        thread.start()
+            thread.start()  # under the lock: stop() never finds it in threads unstarted
 
     def handle(self, raw: socket.socket, peer: str) -> None:
         session, sock, greeting = None, raw, True
@@ -163,13 +163,13 @@ class Server:
             raw.settimeout(HANDSHAKE_S)  # TLS's handshake: CPython counts it in all, not per byte
             if self.tls is not None:
                 sock = self.tls.wrap_socket(raw, server_side=True)
-            channel = Channel(sock)
-            channel.deadline = time.monotonic() + HANDSHAKE_S
+            channel = Channel(sock, HANDSHAKE_S)
+            channel.link.deadline = time.monotonic() + HANDSHAKE_S  # in all, not per byte
             session = self.greet(channel, peer)
-            channel.deadline = None
+            channel.link.deadline = None
             greeting = self.greeted(peer)
             if session is not None:
-                sock.settimeout(self.idle_s)
+                channel.link.set_timeout(self.idle_s)
                 Handler(self, channel, session).run()
         except (ProtocolError, EOFError, OSError) as error:
             if isinstance(error, socket.timeout):
@@ -267,49 +267,6 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class Channel:
-    """Frames over one socket: buffered reads, whole sends."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.stream = sock.makefile("rb", buffering=1 << 16)
-        self.plain = not hasattr(sock, "version")  # an SSLSocket cannot sendfile
-        self.deadline: float | None = None  # the handshake's: when it must be done
-
-    def read(self, limit: int) -> tuple[Frame, bytes]:
-        """The next frame; EOFError if the peer closed between frames, ProtocolError if it
-        closed inside one (a truncated frame)."""
-        header = self.take(wire.HEADER.size)
-        if not header:
-            raise EOFError("connection closed")
-        kind, length = wire.parse_header(header, limit)
-        payload = self.take(length)
-        if len(payload) < length:
-            raise ProtocolError(f"truncated {kind.name} frame ({len(payload)} of {length} bytes)")
-        return kind, payload
-
-    def take(self, count: int) -> bytes:
-        """`count` bytes, fewer if the peer closes. Before the deadline if one is set (a socket
-        timeout counts from each byte: a peer dripping bytes would never reach it), read straight
-        from the socket then, so that nothing is buffered ahead of the stream."""
-        if self.deadline is None:
-            return self.stream.read(count)
-        data = b""
-        while len(data) < count:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("handshake not done in time")
-            self.sock.settimeout(left)
-            chunk = self.sock.recv(count - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-
 class Handler:
     """Answers one connection's requests in order, each path opened below the root one folder
     at a time with O_NOFOLLOW (LocalTree): no name, link or `..` leads outside it."""
@@ -322,6 +279,8 @@ class Handler:
     def run(self) -> None:
         try:
             while True:
+                if not self.channel.link.has_frame():  # nothing more to answer at once
+                    self.channel.flush()
                 try:
                     kind, payload = self.channel.read(wire.MAX_REQUEST)
                 except EOFError:
@@ -341,7 +300,7 @@ class Handler:
                     if error.errno is None or isinstance(error, (ConnectionError, socket.timeout)):
                         raise  # the connection itself failed
                     self.session.errors += 1
-                    self.channel.send(wire.pack_error(error.errno, error.strerror or str(error)))
+                    self.channel.queue(wire.pack_error(error.errno, error.strerror or str(error)))
         finally:
             self.tree.close()
 
@@ -349,7 +308,7 @@ class Handler:
         st = os.fstat(self.tree.folder(path))
         if self.session.path is None:
             self.session.path = path
-        self.channel.send(wire.frame(Frame.ENTRY, wire.pack_stat(entry_of(path, st))))
+        self.channel.queue(wire.frame(Frame.ENTRY, wire.pack_stat(entry_of(path, st))))
 
     def list(self, path: bytes) -> None:
         """ENTRIES frames sent as they fill (no error can follow the listing itself), END."""
@@ -364,9 +323,9 @@ class Handler:
             items.append((name, entry))
             size += len(name) + len(entry.target or b"") + 80
             if size >= LIST_FRAME:
-                self.channel.send(wire.pack_entries(items))
+                self.channel.queue(wire.pack_entries(items))
                 items, size = [], 0
-        self.channel.send((wire.pack_entries(items) if items else b"") + wire.frame(Frame.END))
+        self.channel.queue((wire.pack_entries(items) if items else b"") + wire.frame(Frame.END))
 
     def regular(self, path: bytes) -> None:
         """Refuse anything but a regular file before it is opened: opening a FIFO or a device
@@ -384,48 +343,49 @@ class Handler:
             size = request.expect[0] if request.expect else entry.size
             count = max(0, min(request.length, size - request.offset))
             head = wire.frame(Frame.FILE, wire.pack_stat(entry))
+            data = b""
             if count <= wire.DATA_FRAME and (count <= SMALL_FILE or not self.channel.plain):
-                sent = self.send_small(fd, head, request.offset, count)
+                data = os.pread(fd, count, request.offset) if count else b""
+                sent = len(data)
             else:
                 self.channel.send(head)
-                sent = self.send_big(fd, request.offset, count)
+                head, sent = b"", self.send_big(fd, request.offset, count)
             before = request.expect or (entry.size, entry.mtime_ns, entry.ctime_ns)
             same = sent == count and unchanged(entry._replace(
                 size=before[0], mtime_ns=before[1], ctime_ns=before[2]), os.fstat(fd))
-            self.channel.send(wire.pack_eof(same, sent))
         finally:
             os.close(fd)
+        end = wire.pack_eof(same, sent)
+        if data:  # a small file: its stat, data and end in one part of one send
+            self.channel.queue(head + wire.HEADER.pack(len(data), Frame.DATA), data, end)
+        else:
+            self.channel.queue(head + end)
         self.session.files += 1
         self.session.nbytes += sent
-
-    def send_small(self, fd: int, head: bytes, offset: int, count: int) -> int:
-        data = os.pread(fd, count, offset) if count else b""
-        self.channel.send(head + wire.frame(Frame.DATA, data) if data else head)
-        return len(data)
 
     def send_big(self, fd: int, offset: int, count: int) -> int:
         """DATA frames of DATA_FRAME bytes by sendfile (no copy through Python); a file that
         shrank meanwhile has its frame filled up with zeros and is reported as changed."""
         sent = 0
-        with io.FileIO(fd, closefd=False) as source:
-            while sent < count:
-                chunk = min(wire.DATA_FRAME, count - sent)
-                self.channel.send(wire.HEADER.pack(chunk, Frame.DATA))
-                try:
-                    done = self.channel.sock.sendfile(source, offset + sent, chunk)
-                except OSError as error:  # the frame is cut: only closing keeps the stream whole
-                    if isinstance(error, (ConnectionError, socket.timeout)):
-                        raise
-                    raise ConnectionAbortedError(error.errno, f"reading failed: {error.strerror}") from None
-                if done < chunk:
-                    self.channel.send(bytes(chunk - done))
-                    return sent + done
-                sent += chunk
+        while sent < count:
+            chunk = min(wire.DATA_FRAME, count - sent)
+            self.channel.send(wire.HEADER.pack(chunk, Frame.DATA))
+            try:
+                done = self.channel.link.sendfile(fd, offset + sent, chunk)
+            except OSError as error:  # the frame is cut: only closing keeps the stream whole
+                if isinstance(error, (ConnectionError, socket.timeout)):
+                    raise
+                raise ConnectionAbortedError(error.errno, f"reading failed: {error.strerror}") from None
+            if done < chunk:
+                self.channel.send(bytes(chunk - done))
+                return sent + done
+            sent += chunk
         return sent
 
     def digest(self, path: bytes) -> None:
         self.regular(path)
-        self.channel.send(wire.frame(Frame.HASH, self.tree.digest(path)))
+        self.channel.flush()  # hashing a big file takes a while: the replies before it go first
+        self.channel.queue(wire.frame(Frame.HASH, self.tree.digest(path)))
 
 
 def entry_of(path: bytes, st: os.stat_result):

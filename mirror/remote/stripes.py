@@ -7,12 +7,12 @@ the others go over extra connections the tree keeps for the next big file.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 from ..model import SourceError
 from . import wire
 from .connection import Address, Connection, lost
+from .stream import WriteFailed
 from .wire import Frame, ProtocolError
 
 STRIPE_MIN = 32 << 20    # smaller files: one stream
@@ -34,30 +34,56 @@ def first_length(size: int) -> int:
     return stripes(size)[0][1] if size >= STRIPE_MIN else wire.NO_LIMIT
 
 
-class WriteFailed(Exception):
-    """Writing to DST failed (not the connection): the error is DST's."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
 class Helpers:
     """The extra connections of one tree (one process), kept between big files."""
 
     def __init__(self, address: Address) -> None:
         self.address = address
         self.idle: list[Connection] = []
+        self.early: tuple[bytes, tuple, list[Stripe]] | None = None  # asked ahead, not yet taken
 
-    def start(self, path: bytes, remote: bytes, expect: tuple[int, int, int], parts, out: int) -> list[Stripe]:
+    def start(self, path: bytes, remote: bytes, expect: tuple[int, int, int], parts,
+              out: int | None) -> list[Stripe]:
+        """A thread a stripe, each over an idle helper connection or a new one; with `out`
+        None the stripes ask at once and wait for the file to write into (take())."""
         running = []
         for offset, length in parts:
-            stripe = Stripe(self, path, wire.Read(remote, offset, length, expect), out)
+            conn = self.idle.pop() if self.idle else None
+            stripe = Stripe(self, path, wire.Read(remote, offset, length, expect), out, conn)
             stripe.thread.start()
             running.append(stripe)
         return running
 
+    def prepare(self, files: list, remote) -> None:
+        """A task's files were asked for: if they are one big file (a batch of its own, as the
+        runner hands them out), ask for its other stripes now, not once its first one's reply
+        comes: their connections' round trips go with that one's. `remote` maps a path to the
+        server's."""
+        self.drop()
+        if len(files) == 1 and files[0].size >= STRIPE_MIN:
+            big = files[0]
+            expect = (big.size, big.mtime_ns, big.ctime_ns)
+            self.early = (big.path, expect, self.start(big.path, remote(big.path), expect,
+                                                       stripes(big.size)[1:], None))
+
+    def take(self, path: bytes, expect: tuple[int, int, int], out: int) -> list[Stripe]:
+        """The stripes asked ahead for this file, now writing into `out`; [] if none."""
+        if self.early is None or self.early[:2] != (path, expect):
+            self.drop()
+            return []
+        running, self.early = self.early[2], None
+        for stripe in running:
+            stripe.begin(out)
+        return running
+
+    def drop(self) -> None:
+        """Stripes asked ahead for a file that was never received (it failed, or was skipped)."""
+        if self.early is not None:
+            abandon(self.early[2])
+            self.early = None
+
     def close(self) -> None:
+        self.drop()
         for conn in self.idle:
             conn.close()
         self.idle.clear()
@@ -66,18 +92,27 @@ class Helpers:
 class Stripe:
     """One stripe, fetched in a thread over a helper connection, written in place."""
 
-    def __init__(self, helpers: Helpers, path: bytes, request: wire.Read, out: int) -> None:
+    def __init__(self, helpers: Helpers, path: bytes, request: wire.Read, out: int | None,
+                 conn: Connection | None) -> None:
         self.helpers, self.path, self.request, self.out = helpers, path, request, out
         self.received = self.reported = 0
         self.same = False
         self.error: OSError | None = None
-        self.conn: Connection | None = None
+        self.conn = conn
         self.stopped = False
+        self.go = threading.Event()  # set once the file to write into is known
+        if out is not None:
+            self.go.set()
         self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def begin(self, out: int) -> None:
+        self.out = out
+        self.go.set()
 
     def run(self) -> None:
         try:
-            self.conn = self.helpers.idle.pop() if self.helpers.idle else Connection(self.helpers.address)
+            if self.conn is None:
+                self.conn = Connection(self.helpers.address, wait=False)
             self.fetch()
         except SourceError as error:
             self.error = error
@@ -99,16 +134,12 @@ class Stripe:
             raise SourceError(*wire.parse_error(payload), self.path)
         if kind is not Frame.FILE:
             raise ProtocolError(f"{kind.name} instead of a file")
-        buffer = memoryview(bytearray(wire.DATA_FRAME))
+        self.go.wait()
         while True:
             kind, length = conn.read_header()
             if kind is Frame.DATA and not self.stopped:
                 wire.check_data(length, self.received, request.length)
-                conn.read_into(buffer[:length])
-                try:
-                    write_at(self.out, buffer[:length], request.offset + self.received)
-                except OSError as error:
-                    raise WriteFailed(error) from None
+                conn.payload_to(self.out, length, request.offset + self.received)
                 self.received += length
             elif kind is Frame.EOF:
                 self.same, sent = wire.parse_eof(conn.read_exact(length))
@@ -134,6 +165,7 @@ class Stripe:
     def stop(self) -> None:
         """Cut short: the thread ends at its next frame, or now if it waits on the socket."""
         self.stopped = True
+        self.go.set()
         conn = self.conn
         if conn is not None:
             try:
@@ -168,9 +200,3 @@ def abandon(running: list[Stripe]) -> None:
         stripe.stop()
     for stripe in running:
         stripe.thread.join(5)
-
-
-def write_at(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        done = os.pwrite(fd, view, offset)
-        view, offset = view[done:], offset + done

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import os
 import time
+from stat import S_ISREG
 from collections import deque
 from collections.abc import Iterable
 
-from ..model import Entry, Kind, SourceError
+from ..model import Entry, SourceError
 from ..paths import join
 from ..plan.scan import entry_from_stat
 from . import wire
 from ..run.fastcopy import preallocate
-from .connection import Address, Connection, lost
+from .connection import Address, Connection, HandshakeFailed, lost, read_reply, skip_file
+from .stream import WriteFailed
 from .stripes import STRIPE_MIN, Helpers, abandon, finish, first_length, stripes
 from .wire import Frame, ProtocolError
 
@@ -21,9 +23,16 @@ from .wire import Frame, ProtocolError
 # while the other does too.
 WINDOW_BYTES = 16 << 20
 REQUEST_BYTES = 48 << 10
+# Reads are asked for again once this much of the window (and a quarter of the requests'
+# budget) is free, not after every file: one send, and one segment for the server and any hop
+# between to handle, for dozens of files.
+REFILL_BYTES = 2 << 20
 REPLY_OVERHEAD = 128          # bytes of frames around a file's data
 DOWN_S = 2.0                  # after a failed connect, fail at once for this long
 FRESH_S = 60.0                # a connection idle this long is opened again before use
+CARRIED_MOST = 1000           # entries of the root's listing handed to the workers with the tree
+PROCESS = [os.getpid()]       # this process's id, kept by a fork hook: no getpid() a file
+os.register_at_fork(after_in_child=lambda: PROCESS.__setitem__(0, os.getpid()))
 
 
 class Pending:
@@ -49,7 +58,7 @@ class RemoteTree:
     """The tree at mirror://HOST:PORT/PATH. Picklable: each process opens its own connection
     when it first reads (a forked copy never uses its parent's)."""
 
-    def __init__(self, address: Address) -> None:
+    def __init__(self, address: Address, carried: dict | None = None) -> None:
         self.address = address
         self.path = address.url.rstrip(b"/")
         self.base = address.path
@@ -59,15 +68,17 @@ class RemoteTree:
         self.sent: deque[Pending] = deque()
         self.unsent: deque[Pending] = deque()
         self.ready: dict[tuple[Frame, bytes], object] = {}
+        # the root's listing, asked with ROOT by the master: whichever worker lists the root (and
+        # sync's check for an empty SRC) has it without a round trip
+        self.carried: dict[tuple[Frame, bytes], object] = carried or {}
         self.in_flight = self.request_bytes = 0
         self.down: tuple[OSError, float] | None = None
         self.helpers = Helpers(address)  # extra connections for big files
-        self.buffer: memoryview | None = None  # one frame's bytes, this tree's own
         self.root_entry: Entry | None = None
         self.last_used = 0.0
 
     def __reduce__(self):
-        return RemoteTree, (self.address,)
+        return RemoteTree, (self.address, self.carried)
 
     # -- SourceTree -----------------------------------------------------------------------
 
@@ -75,8 +86,32 @@ class RemoteTree:
 
     def root(self) -> Entry:
         if self.root_entry is None:  # asked by the checks, then by the run: one round trip
+            idle = not (self.sent or self.unsent or self.carried)
+            if idle:  # the root's listing comes in the same round trip
+                self.connection(b"")
+                asked = [Pending(kind, b"", 0, wire.pack_path_request(kind, self.remote(b"")))
+                         for kind in (Frame.ROOT, Frame.LIST)]
+                self.send(asked)
+                self.sent.extend(asked)
             self.root_entry = entry_from_stat(b"", self.ask(Frame.ROOT, b""))
+            if idle:
+                self.carry()
         return self.root_entry
+
+    def carry(self) -> None:
+        """Read the root's listing asked with ROOT, to go to the workers with the tree; one of
+        more than CARRIED_MOST entries is left to them (and the connection, mid-reply, closed)."""
+        request = self.sent.popleft()
+        try:
+            listing = read_reply(self.conn, Frame.LIST, CARRIED_MOST)
+        except (OSError, ProtocolError, EOFError) as error:
+            self.broken(error, b"")  # the worker that lists the root says why
+            return
+        if listing is None:
+            self.reset()
+            return
+        self.replied(request)
+        self.carried[(Frame.LIST, b"")] = listing
 
     def list(self, rel: bytes) -> dict[bytes, wire.RemoteStat]:
         return self.ask(Frame.LIST, rel)
@@ -115,10 +150,9 @@ class RemoteTree:
             if isinstance(error, SourceError):
                 raise
             raise self.broken(error, path, conn) from None
-        entry = entry_from_stat(path, st)
-        if entry.kind is not Kind.FILE:
+        if not S_ISREG(st.st_mode):
             raise self.broken(ProtocolError("not a regular file"), path)
-        return RemoteFile(conn, path, pending), listed if listed is not None else entry
+        return RemoteFile(conn, path, pending), listed if listed is not None else entry_from_stat(path, st)
 
     def receive(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
         """Write the file's data frames to `out`; at most `size` bytes (a server that sends more
@@ -129,8 +163,9 @@ class RemoteTree:
             size = parts[0][1]
             preallocate(out, request.listed.size)
             listed = request.listed
-            running = self.helpers.start(handle.path, self.remote(handle.path),
-                                         (listed.size, listed.mtime_ns, listed.ctime_ns), parts[1:], out)
+            expect = (listed.size, listed.mtime_ns, listed.ctime_ns)
+            running = (self.helpers.take(handle.path, expect, out)
+                       or self.helpers.start(handle.path, self.remote(handle.path), expect, parts[1:], out))
         try:
             received = self.receive_stripe(handle, out, size, on_bytes)
         except BaseException:
@@ -143,15 +178,13 @@ class RemoteTree:
         return received
 
     def receive_stripe(self, handle: RemoteFile, out: int, size: int, on_bytes) -> int:
-        if self.buffer is None:
-            self.buffer = memoryview(bytearray(wire.DATA_FRAME))
-        conn, received, view = handle.conn, 0, self.buffer
+        conn, received = handle.conn, 0
         while True:
             try:
                 kind, length = conn.read_header()
                 if kind is Frame.DATA:
                     wire.check_data(length, received, size)
-                    conn.read_into(view[:length])
+                    conn.payload_to(out, length, received)
                 elif kind is Frame.EOF:
                     handle.same, sent = wire.parse_eof(conn.read_exact(length))
                     wire.check_end(handle.same, sent, received, size)
@@ -159,10 +192,11 @@ class RemoteTree:
                     code, message = wire.parse_error(conn.read_exact(length))
                 else:
                     raise ProtocolError(f"{kind.name} inside a file")
+            except WriteFailed as failed:  # DST's error; the connection, mid-frame, is closed
+                raise failed.error from None  # by release()
             except (OSError, ProtocolError, EOFError) as error:
                 raise self.broken(error, handle.path, conn) from None
             if kind is Frame.DATA:
-                write_all(out, view[:length])
                 received += length
                 on_bytes(length)
                 continue
@@ -199,24 +233,27 @@ class RemoteTree:
             self.connection(b"")
         except OSError:
             return  # each read says why
+        files = list(files)
         batch = []
         for rel in folders:
-            if (Frame.LIST, rel) not in self.ready:
+            if (Frame.LIST, rel) not in self.ready and (Frame.LIST, rel) not in self.carried:
                 batch.append(Pending(Frame.LIST, rel, 0, wire.pack_path_request(Frame.LIST, self.remote(rel))))
         if batch:
             self.send(batch)
             self.sent.extend(batch)
         self.unsent.extend(self.read_request(entry.path, entry) for entry in files)
         self.fill()
+        self.helpers.prepare(files, self.remote)
 
     def close(self) -> None:
-        if self.pid == os.getpid():
+        if self.pid == PROCESS[0]:
             for conn in (self.conn, self.side):
                 if conn is not None:
                     conn.close()
             self.helpers.close()
         self.conn = self.side = None
         self.root_entry = None
+        self.carried = {}
         self.forget()
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -231,11 +268,11 @@ class RemoteTree:
         return Pending(Frame.READ, path, (listed.size if listed else 0) + REPLY_OVERHEAD, data, listed)
 
     def connection(self, path: bytes) -> Connection:
-        if self.pid != os.getpid():  # a fork's copy: the parent's sockets are not ours
+        if self.pid != PROCESS[0]:  # a fork's copy: the parent's sockets are not ours
             self.conn = self.side = None
             self.helpers = Helpers(self.address)
             self.forget()
-            self.pid = os.getpid()
+            self.pid = PROCESS[0]
         now = time.monotonic()
         if self.conn is not None and not self.sent and now - self.last_used > FRESH_S:
             self.reset()  # the server may have closed it as idle
@@ -249,7 +286,7 @@ class RemoteTree:
             error = self.down[0]
             raise SourceError(error.errno, error.strerror, path)
         try:
-            return Connection(self.address)
+            return Connection(self.address, wait=False)  # the first requests go with its hello
         except OSError as error:
             self.down = (error, time.monotonic() + DOWN_S)
             raise SourceError(error.errno, error.strerror, path) from None
@@ -279,6 +316,8 @@ class RemoteTree:
             self.side = None
         else:
             self.reset()
+        if isinstance(error, HandshakeFailed):  # as if its connect had failed
+            self.down = (error, time.monotonic() + DOWN_S)
         return lost(error, path)
 
     def send(self, requests: list[Pending]) -> None:
@@ -320,7 +359,9 @@ class RemoteTree:
         if request is not None:
             self.in_flight -= request.size
             self.request_bytes -= len(request.data)
-            self.fill()
+            if not self.sent or (self.in_flight <= WINDOW_BYTES - REFILL_BYTES
+                                 and self.request_bytes <= REQUEST_BYTES * 3 // 4):
+                self.fill()
 
     def turn(self, request: Pending, path: bytes) -> None:
         """Read the replies before `request`'s (a listing is kept, a skipped file's data dropped)
@@ -329,9 +370,9 @@ class RemoteTree:
             while self.sent[0] is not request:
                 ahead = self.sent.popleft()
                 if ahead.kind is Frame.READ:
-                    skip_file(self.conn, ahead)
+                    skip_file(self.conn, ahead.size)
                 else:
-                    self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead)
+                    self.ready[(ahead.kind, ahead.path)] = read_reply(self.conn, ahead.kind)
                 self.replied(ahead)
         except (OSError, ProtocolError, EOFError) as error:
             raise self.broken(error, path) from None
@@ -340,6 +381,9 @@ class RemoteTree:
     def ask(self, kind: Frame, rel: bytes):
         """The reply to a ROOT, LIST or DIGEST request (asked ahead or now); OSError if refused."""
         result = self.ready.pop((kind, rel), None)
+        if result is None and (kind, rel) in self.carried:
+            result = self.carried[(kind, rel)]
+            result = dict(result) if isinstance(result, dict) else result  # a planner may edit its copy
         if result is None:
             conn = self.connection(rel)
             request = next((pending for pending in self.sent
@@ -351,7 +395,7 @@ class RemoteTree:
                 self.sent.append(request)
             self.turn(request, rel)
             try:
-                result = read_reply(conn, request)
+                result = read_reply(conn, kind)
             except (OSError, ProtocolError, EOFError) as error:
                 raise self.broken(error, rel) from None
             self.replied(request)
@@ -359,47 +403,3 @@ class RemoteTree:
             raise SourceError(result.errno, result.strerror, rel)
         return result
 
-
-def read_reply(conn: Connection, request: Pending):
-    """A ROOT, LIST or DIGEST reply: its value, or the OSError the server answered with."""
-    kind, payload = conn.read()
-    if kind is Frame.ERROR:
-        return OSError(*wire.parse_error(payload))
-    if request.kind is Frame.LIST:
-        listing: dict[bytes, wire.RemoteStat] = {}
-        while kind is Frame.ENTRIES:
-            wire.parse_entries(payload, listing)
-            if len(listing) > wire.MAX_LISTING:  # a hostile server's endless folder
-                raise ProtocolError("listing too long")
-            kind, payload = conn.read()
-        if kind is not Frame.END or payload:
-            raise ProtocolError("listing not ended")
-        return listing
-    if request.kind is Frame.ROOT and kind is Frame.ENTRY:
-        return wire.parse_one_stat(payload)
-    if request.kind is Frame.DIGEST and kind is Frame.HASH and len(payload) == 16:
-        return payload
-    raise ProtocolError(f"{kind.name} in reply to {request.kind.name}")
-
-
-def skip_file(conn: Connection, request: Pending) -> None:
-    """Read past a file's reply nobody asked for in the end (no more than it asked for)."""
-    kind, _ = conn.read()
-    if kind is Frame.ERROR:
-        return
-    if kind is not Frame.FILE:
-        raise ProtocolError(f"{kind.name} instead of a file")
-    skipped = 0
-    while True:
-        kind, data = conn.read()
-        if kind is Frame.EOF or kind is Frame.ERROR:
-            return
-        if kind is not Frame.DATA:
-            raise ProtocolError(f"{kind.name} inside a file")
-        wire.check_data(len(data), skipped, request.size)
-        skipped += len(data)
-
-
-def write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]

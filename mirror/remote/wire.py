@@ -63,6 +63,7 @@ class Frame(enum.IntEnum):
 
 
 REQUESTS = frozenset({Frame.AUTH, Frame.ROOT, Frame.LIST, Frame.READ, Frame.DIGEST})
+FRAME_OF = {int(kind): kind for kind in Frame}  # a dict lookup: Frame(code) is a Python call
 
 
 class ProtocolError(Exception):
@@ -106,10 +107,9 @@ def parse_header(header: bytes, limit: int) -> tuple[Frame, int]:
     if len(header) != HEADER.size:
         raise ProtocolError("truncated frame header")
     length, code = HEADER.unpack(header)
-    try:
-        kind = Frame(code)
-    except ValueError:
-        raise ProtocolError(f"unknown frame type {code:#x}") from None
+    kind = FRAME_OF.get(code)
+    if kind is None:
+        raise ProtocolError(f"unknown frame type {code:#x}")
     if length > limit:
         raise ProtocolError(f"frame of {length} bytes (at most {limit})")
     return kind, length
@@ -217,7 +217,10 @@ def pack_stat(entry) -> bytes:
 
 
 def parse_stat(reader: Reader, target: bytes | None = None) -> RemoteStat:
-    fields = reader.unpack(STAT)
+    return checked_stat(reader.unpack(STAT), target)
+
+
+def checked_stat(fields: tuple, target: bytes | None = None) -> RemoteStat:
     if stat.S_IFMT(fields[0]) not in FORMATS or fields[0] >> 16 or fields[1] >= 1 << 63:
         raise ProtocolError("bad entry")
     return RemoteStat(*fields, target)
@@ -252,10 +255,9 @@ def parse_entries(payload: bytes, listing: dict[bytes, RemoteStat]) -> None:
 
 
 def parse_one_stat(payload: bytes) -> RemoteStat:
-    reader = Reader(payload)
-    st = parse_stat(reader)
-    reader.end()
-    return st
+    if len(payload) != STAT.size:
+        raise ProtocolError("truncated message" if len(payload) < STAT.size else "trailing bytes in message")
+    return checked_stat(STAT.unpack(payload))
 
 
 def check_data(length: int, received: int, limit: int) -> None:
