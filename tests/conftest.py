@@ -22,6 +22,9 @@ from mirror import copy_tree
 from mirror.ui.cli import app
 
 ROOT = os.geteuid() == 0
+# A suite started under nohup (SIGHUP ignored) would hand that to every command it runs, and
+# mirror keeps a signal ignored at its start ignored: the tests of SIGHUP need its default.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 needs_root = pytest.mark.skipif(not ROOT, reason="needs root (owners, device files)")
 
 
