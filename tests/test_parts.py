@@ -146,6 +146,8 @@ def test_cut_groups_extents_in_parts_of_equal_data():
     assert parts.cut([], 4) == [()]
 
 
+# The Pool forks a new worker from this (threaded) test process: Python 3.12+ warns of it
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.parametrize("deaths", [1, 2])
 def test_a_worker_that_dies_in_a_part_has_it_run_again_then_fails_the_file(tmp_path, monkeypatch, deaths):
     big_file(tmp_path / "src")

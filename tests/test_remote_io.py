@@ -80,7 +80,8 @@ def test_big_frames_go_by_splice_and_arrive_whole(make_tree, serve, tmp_path, mo
 
     assert report.exit_code == 0, report.errors
     assert snapshot(tmp_path / "dst") == snapshot(src)
-    assert splices.into_pipe >= 3 and splices.into_file >= splices.into_pipe  # 3 MiB through it
+    # 3 MiB through it (one drain of the pipe may take what two fills brought)
+    assert splices.into_pipe >= 3 and splices.into_file >= 3
 
 
 def test_without_splice_the_same_bytes_come_through_the_buffer(make_tree, serve, tmp_path, monkeypatch):
