@@ -81,8 +81,7 @@ class Applier:
                     raise
                 nbytes = self.run_in_writable_folder(action, error)
         except OSError as error:  # the worker boundary: one entry failed, the run goes on
-            root = self.src.path if isinstance(error, SourceError) else self.dst_root
-            error.filename = join(root, action.path)
+            self.name_error(error, action.path)
             if fills_dst(error):
                 self.full = error
             return Outcome.failed(action, error)
@@ -145,6 +144,11 @@ class Applier:
             nbytes += src.size
             stop += 1
         return stop
+
+    def name_error(self, error: OSError, path: bytes) -> OSError:
+        """`error` with the whole path it was met at: SRC's for a SourceError, DST's otherwise."""
+        error.filename = join(self.src.path if isinstance(error, SourceError) else self.dst_root, path)
+        return error
 
     def predict(self, action: Action) -> Outcome:
         """A dry run's outcome: done, unless the real run would meet a non-empty folder in the

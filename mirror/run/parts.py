@@ -13,8 +13,8 @@ import errno
 import os
 from typing import NamedTuple
 
-from ..model import Action, Mode, Outcome, SourceError
-from ..paths import join, split, temp_name
+from ..model import Action, Mode, Outcome
+from ..paths import split, temp_name
 from .apply import Applier
 from .copyfile import WRITE_FLAGS, SourceChanged, discard, set_meta
 from .fastcopy import SPARSE_MIN, has_holes, preallocate, seek
@@ -132,7 +132,7 @@ class SplitFiles:
                 raise
             os.close(out)
         except OSError as error:
-            raise self.named(error, path) from None
+            raise applier.name_error(error, path) from None
         parts = cut(extents, PART_BYTES)
         self.pending[path] = Pending(action, tmp, len(parts))
         return tmp, parts
@@ -173,7 +173,7 @@ class SplitFiles:
                 discard(tmp, dir_fd)
                 raise
         except OSError as error:
-            return Outcome.failed(action, self.named(error, action.path))
+            return Outcome.failed(action, applier.name_error(error, action.path))
         return Outcome.done(action, action.src.size)
 
     def check_unchanged(self, action: Action) -> None:
@@ -184,11 +184,6 @@ class SplitFiles:
                 raise SourceChanged(errno.EAGAIN, "changed while it was copied", action.path)
         finally:
             src_tree.release(src_fd)
-
-    def named(self, error: OSError, path: bytes) -> OSError:
-        root = self.applier.src.path if isinstance(error, SourceError) else self.applier.dst_root
-        error.filename = join(root, path)
-        return error
 
     def abandon(self) -> None:
         """The run stops: remove every temporary file of a file not finished."""
@@ -226,7 +221,5 @@ def copy_part(applier: Applier, part: Part, on_bytes) -> PartDone:
     except OSError as error:  # the worker boundary: the part failed, and with it the file
         if copied:
             on_bytes(-copied)
-        root = applier.src.path if isinstance(error, SourceError) else applier.dst_root
-        error.filename = join(root, action.path)
-        return PartDone(action.path, 0, error)
+        return PartDone(action.path, 0, applier.name_error(error, action.path))
     return PartDone(action.path, copied, None)
